@@ -1,0 +1,167 @@
+"""Model registry: name -> constructor + metadata.
+
+Every model file ends with `register_model(...)` calls. The registry stores, per name, the
+constructor, its family, the default input resolution, the evaluation preprocessing of the
+reference weights, and the reference figures (parameter count, FLOPs, documented accuracy) copied
+from the reference implementations into ``reference_models.json`` beside this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+
+# Model families live in these modules; importing one registers its variants.
+_MODEL_MODULES = (
+    "jaxvision.models.efficientnet",
+    "jaxvision.models.vit",
+    "jaxvision.models.yolov8",
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """The evaluation pipeline the reference weights expect.
+
+    Resize the shorter side to ``resolution / crop_fraction`` with ``interpolation``, centre-crop
+    ``resolution`` x ``resolution``, scale to [0, 1], then ``(x - mean) / std`` per channel.
+    """
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_fraction: float = 0.875
+    interpolation: str = "bicubic"  # "bilinear" | "bicubic" | "nearest"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    resolution: int
+    preprocessing: Preprocessing
+    reference_params: int | None
+    reference_flops: int | None
+    top1: float | None
+    top5: float | None
+    source: str | None
+    accuracy_source: str | None
+    description: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    constructor: Callable[..., nn.Module]
+    family: str
+    resolution: int
+    preprocessing: Preprocessing
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+class UnknownModelError(KeyError):
+    """Raised for a model name that is not registered; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
+        return str(self.args[0])
+
+
+@functools.cache
+def reference_figures() -> dict[str, dict[str, Any]]:
+    """Reference parameter counts, FLOPs and accuracies (copied from the reference packages)."""
+    with open(Path(__file__).with_name("reference_models.json")) as f:
+        data = json.load(f)
+    data.pop("_about", None)
+    return data
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    resolution: int,
+    preprocessing: Preprocessing,
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``constructor(*, num_classes, **overrides) -> nn.Module`` as ``name``."""
+
+    def wrap(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = _Entry(constructor, family, resolution, preprocessing, description)
+        return constructor
+
+    return wrap
+
+
+@functools.cache
+def _load_model_modules() -> None:
+    for module in _MODEL_MODULES:
+        importlib.import_module(module)
+
+
+def _entry(name: str) -> _Entry:
+    _load_model_modules()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}{hint} (`jaxvision models` lists all {len(_REGISTRY)})"
+        )
+    return _REGISTRY[name]
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Names of every registered model (optionally one family), sorted."""
+    _load_model_modules()
+    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+
+
+def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> nn.Module:
+    """Build a registered model. ``overrides`` replace fields of its configuration.
+
+    The returned Flax module takes NHWC float images: ``model.apply(variables, x, train=...)``.
+    """
+    entry = _entry(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    try:
+        return entry.constructor(num_classes=num_classes, **overrides)
+    except TypeError as e:
+        raise TypeError(f"create_model({name!r}): bad override: {e}") from None
+
+
+def model_info(name: str) -> ModelInfo:
+    """Family, default resolution, eval preprocessing and the reference figures of ``name``."""
+    entry = _entry(name)
+    ref = reference_figures().get(name, {})
+    return ModelInfo(
+        name=name,
+        family=entry.family,
+        resolution=entry.resolution,
+        preprocessing=entry.preprocessing,
+        reference_params=ref.get("params"),
+        reference_flops=ref.get("flops"),
+        top1=ref.get("top1"),
+        top5=ref.get("top5"),
+        source=ref.get("source"),
+        accuracy_source=ref.get("accuracy_source"),
+        description=entry.description,
+    )
