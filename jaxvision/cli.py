@@ -1,0 +1,414 @@
+"""The ``jaxvision`` command: list, inspect, train, evaluate, predict, convert and benchmark.
+
+Errors a user can cause (unknown model, bad path, undecodable image, wrong checkpoint, NaN loss)
+print one line ``jaxvision: error: ...`` and exit with status 2 (1 for a NaN loss); nothing is lost.
+Set ``JAXVISION_DEBUG=1`` to see the full traceback instead.
+Training and evaluation print exactly one JSON object as the last line of stdout; progress bars
+and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import os
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 1
+
+
+class CLIError(Exception):
+    """A user error reported as one line, exit status 2."""
+
+
+def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare string such as implementation=shifted
+        out[key] = value
+    return out
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _result_line(model: str, metrics: dict[str, Any], epochs: int, seconds: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "top1": round(float(metrics["top1"]), 6),
+        "top5": round(float(metrics["top5"]), 6),
+        "loss": round(float(metrics["loss"]), 6),
+        "epochs": epochs,
+        "seconds": round(seconds, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    import jaxvision
+    from jaxvision.analysis import abstract_variables, count_params
+
+    names = jaxvision.list_models(args.family)
+    rows = []
+    for name in names:
+        info = jaxvision.model_info(name)
+        params = "-"
+        if not args.no_count:
+            model = jaxvision.create_model(name)
+            params = f"{count_params(abstract_variables(model, info.resolution)['params']):,}"
+        ref = f"{info.reference_params:,}" if info.reference_params else "-"
+        top1 = f"{info.top1:.1f}" if info.top1 is not None else "-"
+        rows.append((name, info.family, params, ref, str(info.resolution), top1))
+    header = ("model", "family", "params", "reference", "res", "top-1 %")
+    _print_table(header, rows, right={2, 3, 4, 5})
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: tuple[str, ...]) -> str:
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(fmt(row))
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    import jaxvision
+    from jaxvision.analysis import abstract_variables, count_params, layer_table, model_flops
+
+    overrides = _parse_model_args(args.model_arg)
+    info = jaxvision.model_info(args.name)
+    model = jaxvision.create_model(args.name, num_classes=args.num_classes, **overrides)
+    size = args.image_size or getattr(model, "image_size", None) or info.resolution
+    if hasattr(model, "image_size") and "image_size" not in overrides:
+        model = model.clone(image_size=size)
+    rows = layer_table(model, size, depth=args.depth)
+    _print_table(("layer", "output shape", "params"), [(n, s, f"{p:,}") for n, s, p in rows], right={2})
+    variables = abstract_variables(model, size)
+    n_params = count_params(variables["params"])
+    n_stats = count_params(variables.get("batch_stats", {}))
+    flops = model_flops(model, size)
+    print()
+    print(f"model:        {args.name} ({info.family}), {size}x{size} input, {args.num_classes} classes")
+    print(f"parameters:   {n_params:,} trainable" + (f" + {n_stats:,} BatchNorm statistics" if n_stats else ""))
+    if info.reference_params and args.num_classes == 1000 and not overrides and size == info.resolution:
+        match = "matches" if n_params == info.reference_params else "DIFFERS from"
+        print(f"reference:    {info.reference_params:,} ({match} {info.source})")
+    print(f"FLOPs/image:  {flops / 1e9:.3f} G (conv + matmul, multiply-add = 2)")
+
+
+def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
+    import jax
+
+    import jaxvision
+    from jaxvision.analysis import abstract_variables
+    from jaxvision.train import checkpoint as ckpt
+    from jaxvision.train.loop import build_model
+
+    jaxvision.model_info(name)  # unknown names fail here, before any file is read
+    path = ckpt.resolve_checkpoint(checkpoint)
+    header, _ = ckpt.read_checkpoint(path)
+    if header.get("model") != name:
+        raise ckpt.CheckpointError(f"{path} is a checkpoint of {header.get('model')!r}, not of {name!r}")
+    model, size = build_model(name, int(header["num_classes"]), header.get("image_size"),
+                              header.get("model_args") or {}, header.get("dtype", "float32"))
+    expected = abstract_variables(model, size)
+    variables, header = ckpt.load_variables(path, expected, model=name, use_ema=use_ema)
+    variables = jax.tree.map(jax.numpy.asarray, variables)
+    return model, size, variables, header, path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxvision.train import distributed
+    from jaxvision.train.loop import TrainConfig, fit
+
+    if args.distributed:
+        distributed.initialize()
+    config = TrainConfig(
+        model=args.name,
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        clip_norm=args.clip_norm or None,
+        ema_decay=args.ema_decay,
+        image_size=args.image_size,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        model_args=_parse_model_args(args.model_arg),
+        dtype=args.dtype,
+        augment=args.augment,
+        checkpoint_every=args.checkpoint_every,
+        skip_bad_images=args.skip_bad_images,
+        fsdp=args.fsdp,
+        progress=not args.no_progress,
+        max_steps=args.max_steps,
+    )
+    result = fit(config)
+    result.pop("state")
+    _print_json(_result_line(result["model"], result, result["epochs"], result["seconds"]))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from jaxvision import model_info
+    from jaxvision.data import BatchLoader, load_dataset
+    from jaxvision.train.loop import evaluate
+    from jaxvision.train.state import TrainState
+
+    t0 = time.perf_counter()
+    model, size, variables, header, _ = _load_for_inference(args.name, args.checkpoint, args.ema)
+    ds = load_dataset(args.data, args.split, skip_bad_images=args.skip_bad_images)
+    if ds.num_classes != int(header["num_classes"]):
+        raise CLIError(
+            f"{args.data} has {ds.num_classes} classes but the checkpoint was trained for "
+            f"{header['num_classes']}"
+        )
+    loader = BatchLoader(ds, image_size=size, preprocessing=model_info(args.name).preprocessing,
+                         augment="none")
+    state = TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=None,
+                       opt_state=None, batch_stats=variables.get("batch_stats", {}))
+    from jaxvision.train import distributed
+
+    mesh = distributed.make_mesh()
+    batch = args.batch_size - args.batch_size % mesh.devices.size or mesh.devices.size
+    try:
+        metrics = evaluate(state, loader, batch, mesh=mesh, progress=not args.no_progress)
+    finally:
+        loader.close()
+    # "epochs": completed training epochs of the checkpoint (0 for converted weights).
+    _print_json(_result_line(args.name, metrics, int(header.get("epoch", 0)), time.perf_counter() - t0))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from jaxvision import model_info
+    from jaxvision.data.transforms import eval_transform
+
+    model, size, variables, header, _ = _load_for_inference(args.name, args.checkpoint, args.ema)
+    pre = model_info(args.name).preprocessing
+    images = []
+    for path in args.images:
+        try:
+            with Image.open(path) as img:
+                images.append(eval_transform(img.convert("RGB"), size, pre, centre_crop=not args.no_crop))
+        except FileNotFoundError:
+            raise CLIError(f"image not found: {path}") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise CLIError(f"cannot decode image {path}: {e}") from None
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, np.stack(images))
+    probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
+    names = header.get("class_names") or [str(i) for i in range(probs.shape[-1])]
+    k = min(args.top_k, probs.shape[-1])
+    for path, p in zip(args.images, probs, strict=True):
+        top = np.argsort(-p)[:k]
+        print(path)
+        for rank, c in enumerate(top, 1):
+            print(f"  {rank}. {names[c]:<24} {p[c]:.4f}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import jaxvision
+    from jaxvision import weights
+    from jaxvision.train import checkpoint as ckpt
+
+    info = jaxvision.model_info(args.name)
+    overrides = _parse_model_args(args.model_arg)
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    state_dict = weights.load_state_dict(args.input)
+    variables = weights.convert(args.name, state_dict, source=args.source, **overrides)
+    head = _num_classes(variables)
+    header = {
+        "model": args.name,
+        "num_classes": head,
+        "class_names": None,
+        "image_size": overrides.pop("image_size", info.resolution),
+        "model_args": overrides,
+        "dtype": "float32",
+        "source": args.source,
+        "converted_from": str(args.input),
+        "epoch": 0,
+        "batch": 0,
+    }
+    out = ckpt.save_variables(args.output, variables, header)
+    print(f"wrote {out} ({args.name}, {head} classes, from {args.source})", file=sys.stderr)
+    return 0
+
+
+def _num_classes(variables: dict[str, Any]) -> int:
+    import jax
+
+    leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+    # The classifier is the last Dense kernel in the tree's order of creation (head/classifier).
+    for path, leaf in reversed(leaves):
+        if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 2:
+            return int(leaf.shape[-1])
+    raise CLIError("could not find the classifier in the converted weights")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jaxvision.bench import main as bench_main
+
+    return bench_main(args)
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxvision",
+        description="Landmark vision architectures in JAX/Flax: list, inspect, train, evaluate, "
+        "predict, convert reference weights, benchmark.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("models", help="table of every registered model")
+    m.add_argument("--family", help="only this family (efficientnet, vit, yolov8)")
+    m.add_argument("--no-count", action="store_true", help="skip counting parameters (faster)")
+    m.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("summary", help="per-layer table, parameter total and FLOPs of one model")
+    s.add_argument("name")
+    s.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--depth", type=int, default=1, help="module nesting levels to list (default 1)")
+    s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
+    s.set_defaults(fn=cmd_summary)
+
+    t = sub.add_parser("train", help="train a model; last stdout line is a JSON result")
+    t.add_argument("name")
+    t.add_argument("--data", default="digits", help="digits | folder:PATH | cifar10:PATH (default digits)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--optimizer", choices=("adamw", "sgd", "rmsprop"), default="adamw")
+    t.add_argument("--weight-decay", type=float, default=0.05)
+    t.add_argument("--momentum", type=float, default=0.9, help="for sgd and rmsprop")
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    t.add_argument("--warmup-epochs", type=float, default=1.0)
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
+    t.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the parameters (0 = off)")
+    t.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--output-dir", help="metrics.jsonl, checkpoints/ and curves.png go here")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps inside an epoch")
+    t.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="override a model field, e.g. patch_size=4 (repeatable)")
+    t.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype; parameters, statistics and the loss stay float32")
+    t.add_argument("--augment", choices=("none", "crop", "crop-flip"),
+                   help="train augmentation (default: crop for digits, crop-flip otherwise)")
+    t.add_argument("--skip-bad-images", action="store_true", help="leave undecodable images out (counted)")
+    t.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state over devices")
+    t.add_argument("--distributed", action="store_true",
+                   help="multi-host: jax.distributed.initialize from JAX_COORDINATOR_ADDRESS, "
+                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint; prints the same JSON line as train")
+    e.add_argument("name")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoints folder or run folder")
+    e.add_argument("--data", default="digits")
+    e.add_argument("--split", choices=("train", "test"), default="test")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--ema", action="store_true", help="evaluate the EMA parameters")
+    e.add_argument("--skip-bad-images", action="store_true")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
+    r.add_argument("name")
+    r.add_argument("images", nargs="+", metavar="IMAGE")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--ema", action="store_true")
+    r.add_argument("--no-crop", action="store_true", help="resize the whole image instead of centre-cropping")
+    r.set_defaults(fn=cmd_predict)
+
+    c = sub.add_parser("convert", help="convert a timm / torchvision / ultralytics checkpoint")
+    c.add_argument("name")
+    c.add_argument("--input", required=True, help=".safetensors, .pth, .pt or .bin file")
+    c.add_argument("--source", required=True, choices=("timm", "torchvision", "ultralytics"))
+    c.add_argument("--output", required=True, help="jaxvision weights file to write (.jvc)")
+    c.add_argument("--image-size", type=int, help="target resolution (ViT position embeddings are resized)")
+    c.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
+    c.set_defaults(fn=cmd_convert)
+
+    b = sub.add_parser("bench", help="compile time, throughput, memory, FLOPs, utilisation (vs PyTorch)")
+    from jaxvision.bench import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from jaxvision.data import DatasetError
+    from jaxvision.registry import UnknownModelError
+    from jaxvision.train.checkpoint import CheckpointError
+    from jaxvision.train.loop import NonFiniteLossError
+    from jaxvision.weights.common import WeightConversionError
+
+    try:
+        return int(args.fn(args) or 0)
+    except NonFiniteLossError as e:
+        print(f"jaxvision: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (CLIError, UnknownModelError, DatasetError, CheckpointError, WeightConversionError,
+            FileNotFoundError, ValueError, TypeError, ImportError) as e:
+        if os.environ.get("JAXVISION_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()
+        print(f"jaxvision: error: {msg[0] if msg else e.__class__.__name__}", file=sys.stderr)
+        for line in msg[1:8]:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("jaxvision: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main"]

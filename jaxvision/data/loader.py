@@ -1,0 +1,151 @@
+"""Batches for training and evaluation.
+
+Training: a permutation of the examples fixed by (seed, epoch), full batches only (the remainder
+of an epoch is left to the next permutation, as PyTorch's ``drop_last=True``), augmentation seeded
+by (seed, epoch, batch index). Evaluation: every example exactly once, in order; the last batch is
+padded to full size and the padding carries ``mask = 0`` so it never counts.
+
+Images are decoded and transformed on a small thread pool (pillow releases the GIL), and one batch
+is prepared ahead while the accelerator works on the current one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+
+import numpy as np
+
+from jaxvision.data.datasets import ArrayDataset, DatasetError, FolderDataset
+from jaxvision.data.transforms import eval_transform, train_transform
+from jaxvision.registry import Preprocessing
+
+Dataset = ArrayDataset | FolderDataset
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    if batch_size < 1:
+        raise DatasetError(f"batch size must be >= 1, got {batch_size}")
+    if batch_size > num_examples:
+        raise DatasetError(
+            f"batch size {batch_size} is larger than the training set ({num_examples} examples)"
+        )
+    return num_examples // batch_size
+
+
+class BatchLoader:
+    """Makes numpy batches ``{"image", "label", "mask"}`` from a data set."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        image_size: int,
+        preprocessing: Preprocessing,
+        augment: str = "crop-flip",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        workers: int = 2,
+    ):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        self.dataset = dataset
+        self.image_size = image_size
+        self.pre = preprocessing
+        self.augment = augment
+        self.crop_scale = crop_scale
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+        self._eval_cache: dict[int, np.ndarray] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _train_image(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        img = self.dataset.image(index)
+        if self.augment == "none":
+            return self._eval_image(index)
+        return train_transform(
+            img, self.image_size, self.pre, rng, scale=self.crop_scale, flip=self.augment == "crop-flip"
+        )
+
+    def _eval_image(self, index: int) -> np.ndarray:
+        # In-memory data sets are small: keep their evaluation images once computed.
+        cached = self._eval_cache.get(index)
+        if cached is not None:
+            return cached
+        x = eval_transform(
+            self.dataset.image(index), self.image_size, self.pre, centre_crop=self.dataset.centre_crop
+        )
+        if isinstance(self.dataset, ArrayDataset):
+            self._eval_cache[index] = x
+        return x
+
+    def train_batch(self, indices: np.ndarray, seed: int, epoch: int, batch: int) -> dict[str, np.ndarray]:
+        rngs = np.random.default_rng([seed, epoch, batch]).spawn(len(indices))
+        images = list(self._pool.map(self._train_image, indices, rngs))
+        return {
+            "image": np.stack(images),
+            "label": self.dataset.labels[indices],
+            "mask": np.ones(len(indices), np.float32),
+        }
+
+    def eval_batch(self, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        if len(indices) == 0:  # a host whose slice of the last batch is empty
+            shape = (0, self.image_size, self.image_size, 3)
+            images = np.zeros(shape, np.float32)
+        else:
+            images = np.stack(list(self._pool.map(self._eval_image, indices)))
+        labels = self.dataset.labels[indices]
+        mask = np.ones(len(indices), np.float32)
+        pad = batch_size - len(indices)
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+            mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+        return {"image": images, "label": labels, "mask": mask}
+
+    def train_epoch(
+        self, seed: int, epoch: int, batch_size: int, start: int = 0, *, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches ``start, start + 1, ...`` of epoch ``epoch``; with ``shard=(i, n)`` this process
+        makes only its slice ``i`` of ``n`` of each global batch (multi-host data loading)."""
+        n = steps_per_epoch(len(self.dataset), batch_size)
+        order = epoch_order(len(self.dataset), seed, epoch)
+        index, count = shard
+        local = batch_size // count
+
+        def make(b: int) -> dict[str, np.ndarray]:
+            idx = order[b * batch_size : (b + 1) * batch_size][index * local : (index + 1) * local]
+            return self.train_batch(idx, seed, epoch, b)
+
+        yield from _prefetch(make, range(start, n))
+
+    def eval_batches(self, batch_size: int, *, shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+        n = len(self.dataset)
+        index, count = shard
+        local = batch_size // count
+
+        def make(start: int) -> dict[str, np.ndarray]:
+            idx = np.arange(start, min(start + batch_size, n))[index * local : (index + 1) * local]
+            return self.eval_batch(idx, local)
+
+        yield from _prefetch(make, range(0, n, batch_size))
+
+
+def _prefetch(make, keys) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``make(k)`` for each key, preparing the next one on a background thread."""
+    keys = list(keys)
+    if not keys:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ex:
+        future = ex.submit(make, keys[0])
+        for k in keys[1:]:
+            current = future.result()
+            future = ex.submit(make, k)
+            yield current
+        yield future.result()
