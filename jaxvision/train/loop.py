@@ -185,7 +185,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 
     out = Path(config.output_dir) if config.output_dir else None
     ckpt_dir = out / "checkpoints" if out else None
-    start_epoch, start_batch = 0, 0
+    start_epoch, start_batch, resumed_sums = 0, 0, None
     if config.resume:
         path = ckpt.latest_checkpoint(ckpt_dir)
         if path is None:
@@ -193,6 +193,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         else:
             state, saved = ckpt.restore_state(path, state, model=config.model)
             start_epoch, start_batch = saved["epoch"], saved["batch"]
+            resumed_sums = saved.get("train_sums")
             _log(f"resumed from {path} (epoch {start_epoch + 1}, batch {start_batch})")
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -203,10 +204,12 @@ def fit(config: TrainConfig) -> dict[str, Any]:
                       donate_argnums=0)
     eval_fn = jax.jit(eval_step)
 
-    def save(epoch: int, batch: int) -> None:
+    def save(epoch: int, batch: int, sums: dict[str, float] | None = None) -> None:
+        # Inside an epoch the running train-metric sums are saved too, so the epoch's row in
+        # metrics.jsonl is the same whether or not the run was interrupted.
         if ckpt_dir is not None and distributed.is_main_process():
-            ckpt.save_checkpoint(ckpt_dir, state, {**header, "epoch": epoch, "batch": batch},
-                                 keep=config.keep_checkpoints)
+            extra = {"epoch": epoch, "batch": batch, "train_sums": sums}
+            ckpt.save_checkpoint(ckpt_dir, state, {**header, **extra}, keep=config.keep_checkpoints)
 
     final: dict[str, Any] = {}
     history = _read_metrics(out / "metrics.jsonl") if out else []
@@ -215,7 +218,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     try:
         for epoch in range(start_epoch, config.epochs):
             first = start_batch if epoch == start_epoch else 0
-            sums, position = None, first
+            sums = resumed_sums if epoch == start_epoch and first else None
+            position = first
             with _progress(n_steps, first, f"epoch {epoch + 1}/{config.epochs}", config.progress) as bar:
                 batches = train_loader.train_epoch(config.seed, epoch, global_batch, first, shard=shard)
                 for position, batch in enumerate(batches, start=first + 1):
@@ -238,7 +242,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
                         (config.checkpoint_every and position % config.checkpoint_every == 0)
                         or steps_done == config.max_steps
                     ):
-                        save(epoch, position)
+                        save(epoch, position, sums)
                     if steps_done == config.max_steps:
                         break
             if position < n_steps:  # stopped inside the epoch by max_steps

@@ -1,0 +1,147 @@
+"""The registry and the public front door; golden parameter counts for every variant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvision
+from jaxvision.analysis import abstract_variables, count_params
+
+# Trainable parameters at 1000 classes, as measured with the reference implementations
+# (timm 1.0.31, torchvision 0.29.1, ultralytics 8.4.190; shared/reference/models.json).
+GOLDEN_PARAMS = {
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b1": 7_794_184,
+    "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b4": 19_341_616,
+    "efficientnet_b5": 30_389_784,
+    "efficientnet_b6": 43_040_704,
+    "efficientnet_b7": 66_347_960,
+    "tf_efficientnet_b0": 5_288_548,
+    "tf_efficientnet_b1": 7_794_184,
+    "tf_efficientnet_b2": 9_109_994,
+    "tf_efficientnet_b3": 12_233_232,
+    "tf_efficientnet_b4": 19_341_616,
+    "tf_efficientnet_b5": 30_389_784,
+    "tf_efficientnet_b6": 43_040_704,
+    "tf_efficientnet_b7": 66_347_960,
+    "vit_ti16": 5_717_416,
+    "vit_s16": 22_050_664,
+    "vit_b16": 86_567_656,
+    "vit_b32": 88_224_232,
+    "vit_l16": 304_326_632,
+    "vit_h14": 632_045_800,
+    "yolov8n_cls": 2_719_288,
+    "yolov8s_cls": 6_361_736,
+    "yolov8m_cls": 17_053_336,
+    "yolov8l_cls": 37_480_744,
+    "yolov8x_cls": 57_422_840,
+}
+
+MODELS = [n for n in jaxvision.list_models() if n != "tiny_test_cnn"]
+
+
+def test_every_registered_variant_has_a_golden_count():
+    assert sorted(MODELS) == sorted(GOLDEN_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_PARAMS))
+def test_golden_parameter_count(name):
+    info = jaxvision.model_info(name)
+    variables = abstract_variables(jaxvision.create_model(name), info.resolution)
+    assert count_params(variables["params"]) == GOLDEN_PARAMS[name]
+    assert info.reference_params == GOLDEN_PARAMS[name]
+
+
+def test_packaged_reference_figures_match_the_shared_copy():
+    shared = Path(__file__).parents[2] / "shared" / "reference" / "models.json"
+    if not shared.is_file():
+        pytest.skip("the project's shared/ folder is not beside this checkout")
+    packaged = Path(jaxvision.__file__).with_name("reference_models.json")
+    assert json.loads(packaged.read_text()) == json.loads(shared.read_text())
+
+
+def test_model_info_fields():
+    info = jaxvision.model_info("efficientnet_b7")
+    assert (info.family, info.resolution, info.top1) == ("efficientnet", 600, 84.3)
+    assert info.preprocessing.interpolation in ("bicubic", "bilinear")
+    assert jaxvision.model_info("yolov8x_cls").top1 == 79.0
+    assert jaxvision.model_info("vit_h14").top1 == 88.55
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(jaxvision.UnknownModelError, match="did you mean .*efficientnet_b0"):
+        jaxvision.create_model("efficentnet_b0")
+    with pytest.raises(jaxvision.UnknownModelError, match="unknown model 'resnet50'"):
+        jaxvision.model_info("resnet50")
+
+
+def test_bad_override_and_num_classes():
+    with pytest.raises(TypeError, match="bad override"):
+        jaxvision.create_model("vit_ti16", no_such_field=3)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        jaxvision.create_model("vit_ti16", num_classes=0)
+
+
+def test_list_models_by_family():
+    assert jaxvision.list_models("yolov8") == [f"yolov8{s}_cls" for s in "lmnsx"]
+    assert len(jaxvision.list_models("efficientnet")) == 16
+
+
+# Every model at a tiny resolution: output shape, finite values, a gradient for every parameter.
+TINY_SIZE = {"vit": 32}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_PARAMS))
+def test_forward_and_gradient_at_tiny_resolution(name):
+    info = jaxvision.model_info(name)
+    size = 32
+    overrides = {"image_size": size} if info.family == "vit" else {}
+    if name in ("vit_l16", "vit_h14"):
+        overrides["scan_blocks"] = True  # one compiled block instead of 24/32
+    model = jaxvision.create_model(name, num_classes=7, **overrides)
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    variables = jax.jit(lambda k: model.init({"params": k}, x[:1], train=False))(jax.random.key(1))
+    params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def loss(p):
+        out = model.apply(
+            {"params": p, **rest}, x, train=True, mutable=list(rest),
+            rngs={"dropout": jax.random.key(2), "drop_path": jax.random.key(3)},
+        )
+        logits = out[0] if rest else out
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
+
+    grads, logits = jax.jit(jax.grad(loss, has_aux=True))(params)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    flat = jax.tree_util.tree_leaves_with_path(grads)
+    zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
+    assert not zero, f"parameters with no gradient: {zero[:10]}"
+    eval_logits = model.apply(variables, x, train=False)
+    assert eval_logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(eval_logits)))
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, message",
+    [
+        ((2, 3, 32, 32), jnp.float32, "looks like NCHW"),
+        ((2, 32, 32, 1), jnp.float32, "grayscale"),
+        ((32, 32, 3), jnp.float32, "rank 3"),
+        ((2, 32, 32, 3), jnp.uint8, "floating-point"),
+    ],
+)
+@pytest.mark.parametrize("name", ["efficientnet_b0", "vit_ti16", "yolov8n_cls"])
+def test_wrongly_shaped_input_is_named(name, shape, dtype, message):
+    overrides = {"image_size": 32} if name.startswith("vit") else {}
+    model = jaxvision.create_model(name, num_classes=3, **overrides)
+    x = jax.ShapeDtypeStruct(shape, dtype)
+    with pytest.raises(ValueError, match=message):
+        jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x, train=False), x)
