@@ -1,8 +1,8 @@
 """jaxvision: landmark vision architectures in JAX/Flax, built to be read, trained and measured.
 
-    >>> import jaxvision
-    >>> model = jaxvision.create_model("vit_ti16", num_classes=10)
-    >>> jaxvision.list_models()[:3]
+>>> import jaxvision
+>>> model = jaxvision.create_model("vit_ti16", num_classes=10)
+>>> jaxvision.list_models()[:3]
 """
 
 from jaxvision.registry import (

@@ -95,7 +95,9 @@ def layer_table(model: nn.Module, image_size: int, depth: int = 2) -> list[tuple
     variables = abstract_variables(model, image_size)
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     _, state = jax.eval_shape(
-        lambda v, x: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
+        lambda v, x: model.apply(
+            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+        ),
         variables,
         x,
     )
@@ -120,4 +122,6 @@ def _shape_str(out: Any) -> str:
     leaves = jax.tree.leaves(out)
     if len(leaves) == 1:
         return str(tuple(leaves[0].shape))
-    return ", ".join(str(tuple(leaf.shape)) for leaf in leaves[:3]) + (" ..." if len(leaves) > 3 else "")
+    return ", ".join(str(tuple(leaf.shape)) for leaf in leaves[:3]) + (
+        " ..." if len(leaves) > 3 else ""
+    )

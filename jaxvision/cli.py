@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import sys
 import os
+import sys
 from typing import Any
 
 EXIT_USAGE = 2
@@ -42,7 +42,9 @@ def _print_json(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def _result_line(model: str, metrics: dict[str, Any], epochs: int, seconds: float) -> dict[str, Any]:
+def _result_line(
+    model: str, metrics: dict[str, Any], epochs: int, seconds: float
+) -> dict[str, Any]:
     return {
         "model": model,
         "top1": round(float(metrics["top1"]), 6),
@@ -75,12 +77,16 @@ def cmd_models(args: argparse.Namespace) -> None:
     _print_table(header, rows, right={2, 3, 4, 5})
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> None:
+def _print_table(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int] = frozenset()
+) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(row: tuple[str, ...]) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
 
     print(fmt(header))
     print("  ".join("-" * w for w in widths))
@@ -99,15 +105,28 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if hasattr(model, "image_size") and "image_size" not in overrides:
         model = model.clone(image_size=size)
     rows = layer_table(model, size, depth=args.depth)
-    _print_table(("layer", "output shape", "params"), [(n, s, f"{p:,}") for n, s, p in rows], right={2})
+    _print_table(
+        ("layer", "output shape", "params"), [(n, s, f"{p:,}") for n, s, p in rows], right={2}
+    )
     variables = abstract_variables(model, size)
     n_params = count_params(variables["params"])
     n_stats = count_params(variables.get("batch_stats", {}))
     flops = model_flops(model, size)
     print()
-    print(f"model:        {args.name} ({info.family}), {size}x{size} input, {args.num_classes} classes")
-    print(f"parameters:   {n_params:,} trainable" + (f" + {n_stats:,} BatchNorm statistics" if n_stats else ""))
-    if info.reference_params and args.num_classes == 1000 and not overrides and size == info.resolution:
+    print(
+        f"model:        {args.name} ({info.family}), {size}x{size} input, "
+        f"{args.num_classes} classes"
+    )
+    print(
+        f"parameters:   {n_params:,} trainable"
+        + (f" + {n_stats:,} BatchNorm statistics" if n_stats else "")
+    )
+    if (
+        info.reference_params
+        and args.num_classes == 1000
+        and not overrides
+        and size == info.resolution
+    ):
         match = "matches" if n_params == info.reference_params else "DIFFERS from"
         print(f"reference:    {info.reference_params:,} ({match} {info.source})")
     print(f"FLOPs/image:  {flops / 1e9:.3f} G (conv + matmul, multiply-add = 2)")
@@ -125,9 +144,16 @@ def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
     path = ckpt.resolve_checkpoint(checkpoint)
     header, _ = ckpt.read_checkpoint(path)
     if header.get("model") != name:
-        raise ckpt.CheckpointError(f"{path} is a checkpoint of {header.get('model')!r}, not of {name!r}")
-    model, size = build_model(name, int(header["num_classes"]), header.get("image_size"),
-                              header.get("model_args") or {}, header.get("dtype", "float32"))
+        raise ckpt.CheckpointError(
+            f"{path} is a checkpoint of {header.get('model')!r}, not of {name!r}"
+        )
+    model, size = build_model(
+        name,
+        int(header["num_classes"]),
+        header.get("image_size"),
+        header.get("model_args") or {},
+        header.get("dtype", "float32"),
+    )
     expected = abstract_variables(model, size)
     variables, header = ckpt.load_variables(path, expected, model=name, use_ema=use_ema)
     variables = jax.tree.map(jax.numpy.asarray, variables)
@@ -161,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_args=_parse_model_args(args.model_arg),
         dtype=args.dtype,
         augment=args.augment,
+        crop_min_scale=args.crop_min_scale,
         checkpoint_every=args.checkpoint_every,
         skip_bad_images=args.skip_bad_images,
         fsdp=args.fsdp,
@@ -189,10 +216,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.data} has {ds.num_classes} classes but the checkpoint was trained for "
             f"{header['num_classes']}"
         )
-    loader = BatchLoader(ds, image_size=size, preprocessing=model_info(args.name).preprocessing,
-                         augment="none")
-    state = TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=None,
-                       opt_state=None, batch_stats=variables.get("batch_stats", {}))
+    loader = BatchLoader(
+        ds, image_size=size, preprocessing=model_info(args.name).preprocessing, augment="none"
+    )
+    state = TrainState(
+        step=0,
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=None,
+        opt_state=None,
+        batch_stats=variables.get("batch_stats", {}),
+    )
     from jaxvision.train import distributed
 
     mesh = distributed.make_mesh()
@@ -202,7 +236,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     finally:
         loader.close()
     # "epochs": completed training epochs of the checkpoint (0 for converted weights).
-    _print_json(_result_line(args.name, metrics, int(header.get("epoch", 0)), time.perf_counter() - t0))
+    _print_json(
+        _result_line(args.name, metrics, int(header.get("epoch", 0)), time.perf_counter() - t0)
+    )
     return 0
 
 
@@ -220,7 +256,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in args.images:
         try:
             with Image.open(path) as img:
-                images.append(eval_transform(img.convert("RGB"), size, pre, centre_crop=not args.no_crop))
+                images.append(
+                    eval_transform(img.convert("RGB"), size, pre, centre_crop=not args.no_crop)
+                )
         except FileNotFoundError:
             raise CLIError(f"image not found: {path}") from None
         except (UnidentifiedImageError, OSError) as e:
@@ -309,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model; last stdout line is a JSON result")
     t.add_argument("name")
-    t.add_argument("--data", default="digits", help="digits | folder:PATH | cifar10:PATH (default digits)")
+    t.add_argument(
+        "--data", default="digits", help="digits | folder:PATH | cifar10:PATH (default digits)"
+    )
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
@@ -319,32 +359,67 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     t.add_argument("--warmup-epochs", type=float, default=1.0)
     t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
+    t.add_argument(
+        "--clip-norm", type=float, default=1.0, help="global gradient-norm clip; 0 disables"
+    )
     t.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the parameters (0 = off)")
     t.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--output-dir", help="metrics.jsonl, checkpoints/ and curves.png go here")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="also checkpoint every STEPS steps inside an epoch")
-    t.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="override a model field, e.g. patch_size=4 (repeatable)")
-    t.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype; parameters, statistics and the loss stay float32")
-    t.add_argument("--augment", choices=("none", "crop", "crop-flip"),
-                   help="train augmentation (default: crop for digits, crop-flip otherwise)")
-    t.add_argument("--skip-bad-images", action="store_true", help="leave undecodable images out (counted)")
-    t.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state over devices")
-    t.add_argument("--distributed", action="store_true",
-                   help="multi-host: jax.distributed.initialize from JAX_COORDINATOR_ADDRESS, "
-                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --output-dir"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps inside an epoch",
+    )
+    t.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a model field, e.g. patch_size=4 (repeatable)",
+    )
+    t.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype; parameters, statistics and the loss stay float32",
+    )
+    t.add_argument(
+        "--augment",
+        choices=("none", "crop", "crop-flip"),
+        help="train augmentation (default: crop for digits, crop-flip otherwise)",
+    )
+    t.add_argument(
+        "--crop-min-scale",
+        type=float,
+        help="smallest area fraction of a random resized crop "
+        "(default 0.7 for digits, 0.08 otherwise)",
+    )
+    t.add_argument(
+        "--skip-bad-images", action="store_true", help="leave undecodable images out (counted)"
+    )
+    t.add_argument(
+        "--fsdp", action="store_true", help="shard parameters and optimizer state over devices"
+    )
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: jax.distributed.initialize from JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID",
+    )
     t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints the same JSON line as train")
     e.add_argument("name")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoints folder or run folder")
+    e.add_argument(
+        "--checkpoint", required=True, help="checkpoint file, checkpoints folder or run folder"
+    )
     e.add_argument("--data", default="digits")
     e.add_argument("--split", choices=("train", "test"), default="test")
     e.add_argument("--batch-size", type=int, default=128)
@@ -359,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--top-k", type=int, default=5)
     r.add_argument("--ema", action="store_true")
-    r.add_argument("--no-crop", action="store_true", help="resize the whole image instead of centre-cropping")
+    r.add_argument(
+        "--no-crop", action="store_true", help="resize the whole image instead of centre-cropping"
+    )
     r.set_defaults(fn=cmd_predict)
 
     c = sub.add_parser("convert", help="convert a timm / torchvision / ultralytics checkpoint")
@@ -367,11 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input", required=True, help=".safetensors, .pth, .pt or .bin file")
     c.add_argument("--source", required=True, choices=("timm", "torchvision", "ultralytics"))
     c.add_argument("--output", required=True, help="jaxvision weights file to write (.jvc)")
-    c.add_argument("--image-size", type=int, help="target resolution (ViT position embeddings are resized)")
+    c.add_argument(
+        "--image-size", type=int, help="target resolution (ViT position embeddings are resized)"
+    )
     c.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     c.set_defaults(fn=cmd_convert)
 
-    b = sub.add_parser("bench", help="compile time, throughput, memory, FLOPs, utilisation (vs PyTorch)")
+    b = sub.add_parser(
+        "bench", help="compile time, throughput, memory, FLOPs, utilisation (vs PyTorch)"
+    )
     from jaxvision.bench import add_arguments
 
     add_arguments(b)
@@ -393,8 +474,17 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"jaxvision: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (CLIError, UnknownModelError, DatasetError, CheckpointError, WeightConversionError,
-            FileNotFoundError, ValueError, TypeError, ImportError) as e:
+    except (
+        CLIError,
+        UnknownModelError,
+        DatasetError,
+        CheckpointError,
+        WeightConversionError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+        ImportError,
+    ) as e:
         if os.environ.get("JAXVISION_DEBUG"):
             raise
         msg = str(e).strip().splitlines()

@@ -12,7 +12,17 @@ from PIL import Image
 
 from jaxvision.cli import main
 
-TRAIN = ["--data", "digits", "--image-size", "16", "--batch-size", "128", "--epochs", "1", "--no-progress"]
+TRAIN = [
+    "--data",
+    "digits",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "128",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
 
 
 def _run(capsys, *argv):
@@ -46,7 +56,9 @@ def test_train_json_line(tiny, tmp_path, capsys):
 
 def test_eval_reproduces_the_training_metrics(trained, tiny, capsys):
     rows = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
-    code, out, _ = _run(capsys, "eval", tiny, "--checkpoint", str(trained), "--no-progress", "--batch-size", "100")
+    code, out, _ = _run(
+        capsys, "eval", tiny, "--checkpoint", str(trained), "--no-progress", "--batch-size", "100"
+    )
     result = _last_json(out)
     assert code == 0 and result["epochs"] == 1
     assert result["top1"] == pytest.approx(rows[-1]["eval_top1"], abs=1e-6)
@@ -57,9 +69,13 @@ def test_predict_prints_top_k(trained, tiny, tmp_path, capsys):
     paths = []
     for i in range(2):
         p = tmp_path / f"img{i}.png"
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(p)
+        Image.fromarray(
+            np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+        ).save(p)
         paths.append(str(p))
-    code, out, _ = _run(capsys, "predict", tiny, *paths, "--checkpoint", str(trained), "--top-k", "3")
+    code, out, _ = _run(
+        capsys, "predict", tiny, *paths, "--checkpoint", str(trained), "--top-k", "3"
+    )
     lines = out.strip().splitlines()
     assert code == 0 and lines[0] == paths[0] and len(lines) == 8
     probs = [float(line.split()[-1]) for line in lines[1:4]]
@@ -88,13 +104,38 @@ def test_summary_reports_layers_parameters_and_flops(capsys):
     "argv, message",
     [
         (["train", "yolov8_nano", "--no-progress"], "unknown model 'yolov8_nano'; did you mean"),
-        (["train", "yolov8n_cls", "--data", "folder:/no/such/dir", "--no-progress"], "data folder not found"),
-        (["train", "yolov8n_cls", "--batch-size", "4096", "--image-size", "16", "--no-progress"],
-         "batch size 4096 is larger than the training set"),
-        (["train", "yolov8n_cls", "--model-arg", "width", "--no-progress"], "--model-arg expects KEY=VALUE"),
-        (["train", "yolov8n_cls", "--model-arg", "colour=3", "--image-size", "16", "--no-progress"], "bad override"),
-        (["eval", "yolov8n_cls", "--checkpoint", "/no/such/ckpt"], "checkpoint path does not exist"),
-        (["predict", "yolov8n_cls", "x.png", "--checkpoint", "/no/such/ckpt"], "checkpoint path does not exist"),
+        (
+            ["train", "yolov8n_cls", "--data", "folder:/no/such/dir", "--no-progress"],
+            "data folder not found",
+        ),
+        (
+            ["train", "yolov8n_cls", "--batch-size", "4096", "--image-size", "16", "--no-progress"],
+            "batch size 4096 is larger than the training set",
+        ),
+        (
+            ["train", "yolov8n_cls", "--model-arg", "width", "--no-progress"],
+            "--model-arg expects KEY=VALUE",
+        ),
+        (
+            [
+                "train",
+                "yolov8n_cls",
+                "--model-arg",
+                "colour=3",
+                "--image-size",
+                "16",
+                "--no-progress",
+            ],
+            "bad override",
+        ),
+        (
+            ["eval", "yolov8n_cls", "--checkpoint", "/no/such/ckpt"],
+            "checkpoint path does not exist",
+        ),
+        (
+            ["predict", "yolov8n_cls", "x.png", "--checkpoint", "/no/such/ckpt"],
+            "checkpoint path does not exist",
+        ),
         (["summary", "vit_tiny"], "unknown model 'vit_tiny'"),
     ],
 )
@@ -117,15 +158,32 @@ def test_undecodable_image_for_predict(trained, tiny, tmp_path, capsys):
 
 
 def test_nan_loss_exits_1_and_keeps_the_checkpoint(tiny, tmp_path, capsys):
-    argv = ["train", tiny, *TRAIN, "--optimizer", "sgd", "--lr", "1e30", "--clip-norm", "0",
-            "--warmup-epochs", "0", "--checkpoint-every", "1", "--output-dir", str(tmp_path)]
+    argv = [
+        "train",
+        tiny,
+        *TRAIN,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--clip-norm",
+        "0",
+        "--warmup-epochs",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    ]
     code, out, err = _run(capsys, *argv)
     assert code == 1 and "loss became" in err and "last good checkpoint is kept" in err
     assert list((tmp_path / "checkpoints").glob("ckpt_*.jvc"))
 
 
 def test_console_entry_point_help():
-    proc = subprocess.run([sys.executable, "-m", "jaxvision", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxvision", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     for command in ("models", "summary", "train", "eval", "predict", "convert", "bench"):
         assert command in proc.stdout
@@ -139,12 +197,25 @@ def test_convert_timm_checkpoint_then_predict(tmp_path, capsys):
     torch.manual_seed(0)
     ref = timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=32).eval()
     safetensors_torch.save_file(ref.state_dict(), str(tmp_path / "vit.safetensors"))
-    code, _, err = _run(capsys, "convert", "vit_ti16", "--input", str(tmp_path / "vit.safetensors"),
-                        "--source", "timm", "--image-size", "32", "--output", str(tmp_path / "vit.jvc"))
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "vit_ti16",
+        "--input",
+        str(tmp_path / "vit.safetensors"),
+        "--source",
+        "timm",
+        "--image-size",
+        "32",
+        "--output",
+        str(tmp_path / "vit.jvc"),
+    )
     assert code == 0, err
     img = tmp_path / "x.png"
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(img)
-    code, out, err = _run(capsys, "predict", "vit_ti16", str(img), "--checkpoint", str(tmp_path / "vit.jvc"))
+    code, out, err = _run(
+        capsys, "predict", "vit_ti16", str(img), "--checkpoint", str(tmp_path / "vit.jvc")
+    )
     assert code == 0, err
     # The converted model gives the reference's probabilities for the same preprocessed image.
     from jaxvision import model_info

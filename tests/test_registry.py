@@ -95,28 +95,53 @@ def test_list_models_by_family():
     assert len(jaxvision.list_models("efficientnet")) == 16
 
 
-# Every model at a tiny resolution: output shape, finite values, a gradient for every parameter.
-TINY_SIZE = {"vit": 32}
+# Every model at a tiny resolution. Compiling a gradient costs 10-60 s per model on a 2-core CPU,
+# so the full forward + gradient check runs on the smallest variant of each family and variant
+# kind (the larger ones share every block and differ only in widths, depths and resolution);
+# every variant is traced in train and eval mode with jax.eval_shape (shapes, dtypes, RNG
+# streams and mutable collections all exercised, no compile).
+GRADIENT_CHECKED = ["efficientnet_b0", "tf_efficientnet_b0", "vit_ti16", "yolov8n_cls"]
+
+
+def _tiny_model(name, size=32, **extra):
+    info = jaxvision.model_info(name)
+    overrides = {"image_size": size} if info.family == "vit" else {}
+    if name in ("vit_l16", "vit_h14"):
+        overrides["scan_blocks"] = True
+    return jaxvision.create_model(name, num_classes=7, **overrides, **extra)
+
+
+def _rngs():
+    return {"dropout": jax.random.key(2), "drop_path": jax.random.key(3)}
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_PARAMS))
+def test_every_variant_traces_in_train_and_eval_mode(name):
+    model = _tiny_model(name)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(
+        lambda x: model.init({"params": jax.random.key(1)}, x, train=False), x
+    )
+    rest = [k for k in variables if k != "params"]
+    out = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=rest, rngs=_rngs()), variables, x
+    )
+    logits = out[0] if rest else out
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", GRADIENT_CHECKED)
 def test_forward_and_gradient_at_tiny_resolution(name):
-    info = jaxvision.model_info(name)
-    size = 32
-    overrides = {"image_size": size} if info.family == "vit" else {}
-    if name in ("vit_l16", "vit_h14"):
-        overrides["scan_blocks"] = True  # one compiled block instead of 24/32
-    model = jaxvision.create_model(name, num_classes=7, **overrides)
-    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    model = _tiny_model(name)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     variables = jax.jit(lambda k: model.init({"params": k}, x[:1], train=False))(jax.random.key(1))
     params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
+    # Gradients in inference mode, where no block is dropped at random: every parameter must
+    # take part in the output.
     def loss(p):
-        out = model.apply(
-            {"params": p, **rest}, x, train=True, mutable=list(rest),
-            rngs={"dropout": jax.random.key(2), "drop_path": jax.random.key(3)},
-        )
-        logits = out[0] if rest else out
+        logits = model.apply({"params": p, **rest}, x, train=False)
         return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
 
     grads, logits = jax.jit(jax.grad(loss, has_aux=True))(params)
@@ -125,8 +150,17 @@ def test_forward_and_gradient_at_tiny_resolution(name):
     flat = jax.tree_util.tree_leaves_with_path(grads)
     zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
     assert not zero, f"parameters with no gradient: {zero[:10]}"
-    eval_logits = model.apply(variables, x, train=False)
-    assert eval_logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(eval_logits)))
+    # Training mode: finite, and BatchNorm statistics (where present) are updated.
+    out = jax.jit(lambda v: model.apply(v, x, train=True, mutable=list(rest), rngs=_rngs()))(
+        variables
+    )
+    train_logits, updates = out if rest else (out, {})
+    assert bool(jnp.all(jnp.isfinite(train_logits)))
+    if rest:
+        changed = jax.tree.map(
+            lambda a, b: not np.allclose(a, b), rest["batch_stats"], updates["batch_stats"]
+        )
+        assert all(jax.tree.leaves(changed))
 
 
 @pytest.mark.parametrize(

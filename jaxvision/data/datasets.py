@@ -45,7 +45,9 @@ class ArrayDataset:
             )
         self.labels = np.asarray(self.labels, np.int32)
         if len(self.images) != len(self.labels):
-            raise DatasetError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+            raise DatasetError(
+                f"{self.name}: {len(self.images)} images but {len(self.labels)} labels"
+            )
         if len(self.labels) == 0:
             raise DatasetError(f"{self.name}: the data set is empty")
         if self.labels.min() < 0 or self.labels.max() >= self.num_classes:
@@ -105,10 +107,15 @@ def _digits(split: str) -> ArrayDataset:
     images = np.repeat(images[..., None], 3, axis=-1)  # (N, 8, 8) -> (N, 8, 8, 3)
     index = np.arange(len(images))
     train_idx, test_idx = train_test_split(
-        index, test_size=DIGITS_TEST_FRACTION, stratify=digits.target, random_state=DIGITS_SPLIT_SEED
+        index,
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
     )
     idx = np.sort(train_idx if split == "train" else test_idx)
-    return ArrayDataset(images[idx], digits.target[idx], [str(i) for i in range(10)], f"digits/{split}")
+    return ArrayDataset(
+        images[idx], digits.target[idx], [str(i) for i in range(10)], f"digits/{split}"
+    )
 
 
 def _scan_folder(root: Path, name: str, skip_bad_images: bool) -> FolderDataset:
@@ -122,7 +129,9 @@ def _scan_folder(root: Path, name: str, skip_bad_images: bool) -> FolderDataset:
                 paths.append(p)
                 labels.append(label)
     if not paths:
-        raise DatasetError(f"{root}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DatasetError(
+            f"{root}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
     skipped = 0
     if skip_bad_images:
         good = []
@@ -153,7 +162,10 @@ def _folder(path: str, split: str, skip_bad_images: bool) -> FolderDataset:
     full = _scan_folder(root, f"folder:{root}", skip_bad_images)
     idx = _stratified_split(full.labels, split)
     return FolderDataset(
-        [full.paths[i] for i in idx], full.labels[idx], full.class_names, f"{full.name}/{split}",
+        [full.paths[i] for i in idx],
+        full.labels[idx],
+        full.class_names,
+        f"{full.name}/{split}",
         skipped=full.skipped,
     )
 
@@ -186,7 +198,18 @@ def _cifar10(path: str, split: str) -> ArrayDataset:
             raise DatasetError(f"{root / f}: not a CIFAR-10 python batch file ({e})") from None
         images.append(data.transpose(0, 2, 3, 1))  # (N, 3, 32, 32) -> (N, 32, 32, 3)
         labels.extend(batch[b"labels"])
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     meta = root / "batches.meta"
     if meta.is_file():
         with open(meta, "rb") as fh:
@@ -194,7 +217,9 @@ def _cifar10(path: str, split: str) -> ArrayDataset:
     return ArrayDataset(np.concatenate(images), np.asarray(labels), names, f"cifar10/{split}")
 
 
-def load_dataset(spec: str, split: str, *, skip_bad_images: bool = False) -> ArrayDataset | FolderDataset:
+def load_dataset(
+    spec: str, split: str, *, skip_bad_images: bool = False
+) -> ArrayDataset | FolderDataset:
     """The ``split`` ("train" or "test") of the data set named by ``spec``.
 
     ``digits`` | ``folder:PATH`` | ``cifar10:PATH``.

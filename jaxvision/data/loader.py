@@ -70,7 +70,12 @@ class BatchLoader:
         if self.augment == "none":
             return self._eval_image(index)
         return train_transform(
-            img, self.image_size, self.pre, rng, scale=self.crop_scale, flip=self.augment == "crop-flip"
+            img,
+            self.image_size,
+            self.pre,
+            rng,
+            scale=self.crop_scale,
+            flip=self.augment == "crop-flip",
         )
 
     def _eval_image(self, index: int) -> np.ndarray:
@@ -79,13 +84,18 @@ class BatchLoader:
         if cached is not None:
             return cached
         x = eval_transform(
-            self.dataset.image(index), self.image_size, self.pre, centre_crop=self.dataset.centre_crop
+            self.dataset.image(index),
+            self.image_size,
+            self.pre,
+            centre_crop=self.dataset.centre_crop,
         )
         if isinstance(self.dataset, ArrayDataset):
             self._eval_cache[index] = x
         return x
 
-    def train_batch(self, indices: np.ndarray, seed: int, epoch: int, batch: int) -> dict[str, np.ndarray]:
+    def train_batch(
+        self, indices: np.ndarray, seed: int, epoch: int, batch: int
+    ) -> dict[str, np.ndarray]:
         rngs = np.random.default_rng([seed, epoch, batch]).spawn(len(indices))
         images = list(self._pool.map(self._train_image, indices, rngs))
         return {
@@ -110,7 +120,13 @@ class BatchLoader:
         return {"image": images, "label": labels, "mask": mask}
 
     def train_epoch(
-        self, seed: int, epoch: int, batch_size: int, start: int = 0, *, shard: tuple[int, int] = (0, 1)
+        self,
+        seed: int,
+        epoch: int,
+        batch_size: int,
+        start: int = 0,
+        *,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start, start + 1, ...`` of epoch ``epoch``; with ``shard=(i, n)`` this process
         makes only its slice ``i`` of ``n`` of each global batch (multi-host data loading)."""
@@ -125,7 +141,9 @@ class BatchLoader:
 
         yield from _prefetch(make, range(start, n))
 
-    def eval_batches(self, batch_size: int, *, shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+    def eval_batches(
+        self, batch_size: int, *, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[dict[str, np.ndarray]]:
         n = len(self.dataset)
         index, count = shard
         local = batch_size // count

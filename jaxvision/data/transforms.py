@@ -28,7 +28,9 @@ def _resample(name: str) -> Image.Resampling:
     try:
         return _RESAMPLE[name]
     except KeyError:
-        raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {name!r}") from None
+        raise ValueError(
+            f"interpolation must be one of {sorted(_RESAMPLE)}, got {name!r}"
+        ) from None
 
 
 def normalize(img: Image.Image, pre: Preprocessing) -> np.ndarray:
@@ -37,7 +39,9 @@ def normalize(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     return (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
 
 
-def eval_transform(img: Image.Image, size: int, pre: Preprocessing, *, centre_crop: bool = True) -> np.ndarray:
+def eval_transform(
+    img: Image.Image, size: int, pre: Preprocessing, *, centre_crop: bool = True
+) -> np.ndarray:
     """The reference evaluation pipeline; ``centre_crop=False`` resizes the whole image to
     ``size`` x ``size`` (for small, already-framed images such as digits and CIFAR)."""
     resample = _resample(pre.interpolation)

@@ -1,6 +1,11 @@
 """The training engine: state, pure steps, losses, optimizers, metrics, loop, checkpoints."""
 
-from jaxvision.train.checkpoint import CheckpointError, latest_checkpoint, restore_state, save_checkpoint
+from jaxvision.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    restore_state,
+    save_checkpoint,
+)
 from jaxvision.train.losses import cross_entropy
 from jaxvision.train.metrics import classification_metrics, summarize, topk_correct
 from jaxvision.train.optim import make_optimizer, warmup_cosine_schedule, weight_decay_mask

@@ -43,7 +43,9 @@ def _state_dict(state: Any) -> dict[str, Any]:
     )
 
 
-def save_checkpoint(directory: str | Path, state: Any, header: dict[str, Any], *, keep: int = 3) -> Path:
+def save_checkpoint(
+    directory: str | Path, state: Any, header: dict[str, Any], *, keep: int = 3
+) -> Path:
     """Write ``state`` with ``header`` atomically as ``directory/ckpt_<step>.jvc``; keep the newest
     ``keep`` files. Returns the path written."""
     import jax
@@ -86,7 +88,9 @@ def save_variables(path: str | Path, variables: dict[str, Any], header: dict[str
     if path.parent and not path.parent.is_dir():
         raise CheckpointError(f"output folder does not exist: {path.parent}")
     payload = serialization.msgpack_serialize(
-        jax.device_get({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
+        jax.device_get(
+            {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        )
     )
     return write_file(path, {**header, "step": header.get("step", 0)}, payload)
 
@@ -98,9 +102,13 @@ def load_variables(
     shapes in ``expected`` (e.g. ``jax.eval_shape(model.init, ...)``)."""
     header, payload = read_checkpoint(path)
     if model is not None and header.get("model") != model:
-        raise CheckpointError(f"{path} is a checkpoint of {header.get('model')!r}, not of {model!r}")
+        raise CheckpointError(
+            f"{path} is a checkpoint of {header.get('model')!r}, not of {model!r}"
+        )
     raw = serialization.msgpack_restore(payload)
-    params = raw.get("ema_params") if use_ema and raw.get("ema_params") is not None else raw["params"]
+    params = (
+        raw.get("ema_params") if use_ema and raw.get("ema_params") is not None else raw["params"]
+    )
     variables = {"params": params}
     if expected.get("batch_stats"):
         variables["batch_stats"] = raw.get("batch_stats") or {}
@@ -147,7 +155,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
         raise CheckpointError(f"{path}: corrupt checkpoint header") from None
     payload = data[16 + n :]
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch; truncated or damaged)")
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint (checksum mismatch; truncated or damaged)"
+        )
     return header, payload
 
 
@@ -178,7 +188,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no intact checkpoint found in {path}")
 
 
-def restore_state(path: str | Path, target: Any, *, model: str | None = None) -> tuple[Any, dict[str, Any]]:
+def restore_state(
+    path: str | Path, target: Any, *, model: str | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Load the checkpoint at ``path`` into the structure of ``target`` (a TrainState).
 
     Raises :class:`CheckpointError` when it was saved for another model or its parameters do
@@ -189,7 +201,9 @@ def restore_state(path: str | Path, target: Any, *, model: str | None = None) ->
 
     header, payload = read_checkpoint(path)
     if model is not None and header.get("model") != model:
-        raise CheckpointError(f"{path} is a checkpoint of {header.get('model')!r}, not of {model!r}")
+        raise CheckpointError(
+            f"{path} is a checkpoint of {header.get('model')!r}, not of {model!r}"
+        )
     raw = serialization.msgpack_restore(payload)
     want = _state_dict(target)
     mismatches = _compare(raw, want)
@@ -197,8 +211,13 @@ def restore_state(path: str | Path, target: Any, *, model: str | None = None) ->
         shown = "; ".join(mismatches[:8]) + (" ..." if len(mismatches) > 8 else "")
         raise CheckpointError(f"{path} does not match the model's state: {shown}")
     restored = serialization.from_state_dict(
-        {"step": target.step, "params": target.params, "batch_stats": target.batch_stats,
-         "ema_params": target.ema_params, "opt_state": target.opt_state},
+        {
+            "step": target.step,
+            "params": target.params,
+            "batch_stats": target.batch_stats,
+            "ema_params": target.ema_params,
+            "opt_state": target.opt_state,
+        },
         raw,
     )
     restored = jax.tree.map(np.asarray, restored)
@@ -225,6 +244,8 @@ def _compare(got: Any, want: Any, prefix: str = "") -> list[str]:
                 out += _compare(got[k], want[k], f"{prefix}/{k}")
         return out
     if want is None or got is None:
-        return [] if (want is None) == (got is None) else [f"{prefix}: presence differs (EMA on/off?)"]
+        return (
+            [] if (want is None) == (got is None) else [f"{prefix}: presence differs (EMA on/off?)"]
+        )
     gs, ws = np.shape(got), np.shape(want)
     return [] if gs == ws else [f"{prefix}: shape {gs} in checkpoint, {ws} in model"]

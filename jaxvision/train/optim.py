@@ -24,7 +24,8 @@ def weight_decay_mask(params: Any) -> Any:
 def warmup_cosine_schedule(
     base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0
 ) -> optax.Schedule:
-    """Linear warm-up from 0 to ``base_lr`` over ``warmup_steps``, then cosine decay to ``end_lr``."""
+    """Linear warm-up from 0 to ``base_lr`` over ``warmup_steps``, then cosine decay to
+    ``end_lr``."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     warmup_steps = min(max(warmup_steps, 0), total_steps - 1)
@@ -49,7 +50,8 @@ def make_optimizer(
     """``sgd`` (momentum, optional Nesterov), ``adamw`` or ``rmsprop`` as EfficientNet used it.
 
     EfficientNet's RMSProp (TensorFlow's): decay 0.9, momentum 0.9, epsilon 1e-3 inside the square
-    root. Weight decay skips biases, normalisation scales and embeddings (:func:`weight_decay_mask`);
+    root. Weight decay skips biases, normalisation scales and embeddings
+    (:func:`weight_decay_mask`);
     ``clip_norm`` clips the global gradient norm first.
     """
     mask = weight_decay_mask
@@ -70,4 +72,3 @@ def make_optimizer(
     if clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
     return opt
-

@@ -64,7 +64,9 @@ def train_step(
     if state.batch_stats:
         new_state = new_state.replace(batch_stats=updates["batch_stats"])
     metrics = classification_metrics(logits, batch["label"], losses, mask)
-    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
+    metrics["grad_norm"] = jnp.sqrt(
+        sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads))
+    )
     return new_state, metrics
 
 

@@ -68,7 +68,9 @@ def sources(name: str) -> list[str]:
     return sorted(s for f, s in _CONVERTERS if f == family)
 
 
-def convert(name: str, state_dict: Mapping[str, Any], *, source: str, **overrides: Any) -> dict[str, Any]:
+def convert(
+    name: str, state_dict: Mapping[str, Any], *, source: str, **overrides: Any
+) -> dict[str, Any]:
     """Flax variables for ``create_model(name, ...)`` from a reference ``state_dict``.
 
     ``overrides`` are passed to the family converter and to ``create_model`` (for example
@@ -132,5 +134,6 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
             raise WeightConversionError(f"{path}: no state dict found (got {type(obj).__name__})")
         return {k: to_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}
     raise WeightConversionError(
-        f"unsupported checkpoint format {path.suffix!r} ({path}); use .safetensors, .pth, .pt or .bin"
+        f"unsupported checkpoint format {path.suffix!r} ({path}); "
+        "use .safetensors, .pth, .pt or .bin"
     )

@@ -73,7 +73,10 @@ class StateDictReader:
         """(params, batch_stats) of a BatchNorm stored under ``prefix`` (its num_batches_tracked
         counter has no Flax counterpart and is ignored)."""
         params = {"scale": self.get(f"{prefix}.weight"), "bias": self.get(f"{prefix}.bias")}
-        stats = {"mean": self.get(f"{prefix}.running_mean"), "var": self.get(f"{prefix}.running_var")}
+        stats = {
+            "mean": self.get(f"{prefix}.running_mean"),
+            "var": self.get(f"{prefix}.running_var"),
+        }
         if f"{prefix}.num_batches_tracked" in self._state:
             self._used.add(f"{prefix}.num_batches_tracked")
         return params, stats
@@ -97,12 +100,15 @@ class StateDictReader:
 def _listing(title: str, keys: list[str], limit: int = 20) -> str:
     if not keys:
         return ""
-    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    shown = ", ".join(keys[:limit]) + (
+        f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    )
     return f"{title} ({len(keys)}): {shown}\n"
 
 
 def check_variables(converted: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Compare converted variables with the model's (shape-only) variables; raise on any mismatch."""
+    """Compare converted variables with the model's (shape-only) variables; raise on any
+    mismatch."""
     got = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(dict(converted)).items()}
     want = {
         "/".join(k): tuple(v.shape)
@@ -110,7 +116,11 @@ def check_variables(converted: Mapping[str, Any], expected: Mapping[str, Any]) -
     }
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
-    misshaped = [f"{k}: got {got[k]}, model has {want[k]}" for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+    misshaped = [
+        f"{k}: got {got[k]}, model has {want[k]}"
+        for k in sorted(set(got) & set(want))
+        if got[k] != want[k]
+    ]
     if missing or unexpected or misshaped:
         raise WeightConversionError(
             "converted weights do not fit the model:\n"

@@ -20,7 +20,9 @@ from jaxvision.data import (
 )
 from jaxvision.registry import Preprocessing
 
-PRE = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_fraction=0.875, interpolation="bilinear")
+PRE = Preprocessing(
+    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_fraction=0.875, interpolation="bilinear"
+)
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
@@ -48,10 +50,16 @@ def _write_tree(root, classes=("cat", "dog"), per_class=5, size=(20, 12)):
 def test_folder_tree_with_and_without_split_folders(tmp_path):
     _write_tree(tmp_path / "a" / "train")
     _write_tree(tmp_path / "a" / "val", per_class=2)
-    train, val = load_dataset(f"folder:{tmp_path / 'a'}", "train"), load_dataset(f"folder:{tmp_path / 'a'}", "test")
+    train, val = (
+        load_dataset(f"folder:{tmp_path / 'a'}", "train"),
+        load_dataset(f"folder:{tmp_path / 'a'}", "test"),
+    )
     assert (len(train), len(val), train.class_names) == (10, 4, ["cat", "dog"])
     _write_tree(tmp_path / "b")
-    tr, te = load_dataset(f"folder:{tmp_path / 'b'}", "train"), load_dataset(f"folder:{tmp_path / 'b'}", "test")
+    tr, te = (
+        load_dataset(f"folder:{tmp_path / 'b'}", "train"),
+        load_dataset(f"folder:{tmp_path / 'b'}", "test"),
+    )
     assert len(tr) + len(te) == 10 and not set(tr.paths) & set(te.paths)
     assert np.asarray(tr.image(0)).shape == (12, 20, 3)
 
@@ -94,7 +102,10 @@ def test_cifar10_python_batches(tmp_path):
         data = rng.integers(0, 255, (n, 3 * 32 * 32), dtype=np.uint8)
         with open(tmp_path / name, "wb") as f:
             pickle.dump({b"data": data, b"labels": list(rng.integers(0, 10, n))}, f)
-    train, test = load_dataset(f"cifar10:{tmp_path}", "train"), load_dataset(f"cifar10:{tmp_path}", "test")
+    train, test = (
+        load_dataset(f"cifar10:{tmp_path}", "train"),
+        load_dataset(f"cifar10:{tmp_path}", "test"),
+    )
     assert train.images.shape == (20, 32, 32, 3) and len(test) == 3
     with open(tmp_path / "data_batch_1", "rb") as f:
         raw = pickle.load(f)
@@ -114,8 +125,11 @@ def test_eval_transform_resizes_crops_and_normalises():
 
 
 @given(
-    st.integers(1, 300), st.integers(1, 300), st.integers(0, 2**32 - 1),
-    st.floats(0.05, 1.0), st.floats(0.05, 1.0),
+    st.integers(1, 300),
+    st.integers(1, 300),
+    st.integers(0, 2**32 - 1),
+    st.floats(0.05, 1.0),
+    st.floats(0.05, 1.0),
 )
 def test_random_resized_crop_box_stays_inside(width, height, seed, s0, s1):
     scale = (min(s0, s1), max(s0, s1))

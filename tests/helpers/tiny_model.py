@@ -51,9 +51,12 @@ def register() -> None:
     _load_model_modules()
     if NAME not in _REGISTRY:
         register_model(
-            NAME, family="test", resolution=16,
-            preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, crop_fraction=1.0,
-                                        interpolation="bilinear"),
+            NAME,
+            family="test",
+            resolution=16,
+            preprocessing=Preprocessing(
+                mean=(0.5,) * 3, std=(0.5,) * 3, crop_fraction=1.0, interpolation="bilinear"
+            ),
         )(_constructor)
 
 

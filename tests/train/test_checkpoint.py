@@ -13,8 +13,9 @@ from jaxvision.train import create_train_state, make_optimizer, train_step
 
 def _state(tiny, seed=0, features=16):
     model = create_model(tiny, num_classes=10, features=features)
-    return create_train_state(model, make_optimizer("adamw", 1e-3), rng=jax.random.key(seed),
-                              image_size=16, ema_decay=0.9)
+    return create_train_state(
+        model, make_optimizer("adamw", 1e-3), rng=jax.random.key(seed), image_size=16, ema_decay=0.9
+    )
 
 
 def _batch():
@@ -22,7 +23,9 @@ def _batch():
 
 
 def _equal(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def test_round_trip_restores_the_whole_state(tiny, tmp_path):
@@ -40,7 +43,10 @@ def test_keeps_only_the_newest(tiny, tmp_path):
     for _ in range(4):
         state, _ = train_step(state, _batch(), jax.random.key(0))
         ckpt.save_checkpoint(tmp_path, state, {"model": tiny}, keep=2)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt_000000003.jvc", "ckpt_000000004.jvc"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "ckpt_000000003.jvc",
+        "ckpt_000000004.jvc",
+    ]
 
 
 def test_corrupt_newest_falls_back_to_previous(tiny, tmp_path):
@@ -72,13 +78,17 @@ def test_truncated_file_and_leftover_temporary_are_ignored(tiny, tmp_path):
 
 def test_checkpoint_of_another_model_is_refused(tiny, tmp_path):
     path = ckpt.save_checkpoint(tmp_path, _state(tiny), {"model": "vit_ti16"})
-    with pytest.raises(ckpt.CheckpointError, match="checkpoint of 'vit_ti16', not of 'tiny_test_cnn'"):
+    with pytest.raises(
+        ckpt.CheckpointError, match="checkpoint of 'vit_ti16', not of 'tiny_test_cnn'"
+    ):
         ckpt.restore_state(path, _state(tiny), model=tiny)
 
 
 def test_mismatched_shapes_are_listed(tiny, tmp_path):
     path = ckpt.save_checkpoint(tmp_path, _state(tiny, features=8), {"model": tiny})
-    with pytest.raises(ckpt.CheckpointError, match=r"stem/kernel: shape \(3, 3, 3, 8\) in checkpoint"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"stem/kernel: shape \(3, 3, 3, 8\) in checkpoint"
+    ):
         ckpt.restore_state(path, _state(tiny), model=tiny)
 
 

@@ -14,8 +14,16 @@ from jaxvision.train.loop import NonFiniteLossError, TrainConfig, fit
 
 
 def _config(tiny, out, **kw):
-    base = dict(model=tiny, data="digits", epochs=2, batch_size=256, image_size=16, lr=3e-3,
-                output_dir=str(out), progress=False)
+    base = dict(
+        model=tiny,
+        data="digits",
+        epochs=2,
+        batch_size=256,
+        image_size=16,
+        lr=3e-3,
+        output_dir=str(out),
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -49,8 +57,16 @@ def test_resume_mid_epoch_equals_uninterrupted(tiny, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
-    cfg = _config(tiny, tmp_path, optimizer="sgd", lr=1e30, clip_norm=None, warmup_epochs=0,
-                  checkpoint_every=1, epochs=1)
+    cfg = _config(
+        tiny,
+        tmp_path,
+        optimizer="sgd",
+        lr=1e30,
+        clip_norm=None,
+        warmup_epochs=0,
+        checkpoint_every=1,
+        epochs=1,
+    )
     with pytest.raises(NonFiniteLossError, match="loss became"):
         fit(cfg)
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")

@@ -59,7 +59,9 @@ def test_batch_stats_change_in_train_step_not_in_eval_step(tiny):
     state, batch = _state(tiny), _batch()
     stats0 = jax.tree.map(np.asarray, state.batch_stats)
     eval_step(state, batch)
-    assert jax.tree.all(jax.tree.map(np.array_equal, stats0, jax.tree.map(np.asarray, state.batch_stats)))
+    assert jax.tree.all(
+        jax.tree.map(np.array_equal, stats0, jax.tree.map(np.asarray, state.batch_stats))
+    )
     new, _ = train_step(state, batch, jax.random.key(0))
     changed = jax.tree.map(lambda a, b: not np.allclose(a, b), stats0, new.batch_stats)
     assert all(jax.tree.leaves(changed))
@@ -127,7 +129,9 @@ def test_cross_entropy_with_label_smoothing_by_hand():
     p = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
     target = np.array([0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3])
     expected = -(target * np.log(p)).sum()
-    np.testing.assert_allclose(cross_entropy(logits, jnp.array([2]), label_smoothing=0.1), [expected], rtol=1e-6)
+    np.testing.assert_allclose(
+        cross_entropy(logits, jnp.array([2]), label_smoothing=0.1), [expected], rtol=1e-6
+    )
     np.testing.assert_allclose(cross_entropy(logits, jnp.array([0])), [-np.log(p[0])], rtol=1e-6)
 
 
@@ -198,11 +202,15 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny):
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new.batch_stats))
     assert metrics["loss_sum"].dtype == jnp.float32
     f32 = _state(tiny)
-    np.testing.assert_allclose(_loss(metrics), _loss(jax.jit(train_step)(f32, batch, jax.random.key(0))[1]), rtol=0.05)
+    np.testing.assert_allclose(
+        _loss(metrics), _loss(jax.jit(train_step)(f32, batch, jax.random.key(0))[1]), rtol=0.05
+    )
 
 
 def test_label_smoothing_is_passed_through(tiny):
     state, batch = _state(tiny), _batch()
     _, plain = train_step(state, batch, jax.random.key(0))
-    _, smooth = jax.jit(functools.partial(train_step, label_smoothing=0.3))(state, batch, jax.random.key(0))
+    _, smooth = jax.jit(functools.partial(train_step, label_smoothing=0.3))(
+        state, batch, jax.random.key(0)
+    )
     assert not np.isclose(float(plain["loss_sum"]), float(smooth["loss_sum"]))
