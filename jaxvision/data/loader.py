@@ -94,9 +94,14 @@ class BatchLoader:
         return x
 
     def train_batch(
-        self, indices: np.ndarray, seed: int, epoch: int, batch: int
+        self, indices: np.ndarray, seed: int, epoch: int, batch: int, offset: int = 0
     ) -> dict[str, np.ndarray]:
-        rngs = np.random.default_rng([seed, epoch, batch]).spawn(len(indices))
+        """Augmented examples ``indices``, the slice of global batch ``batch`` that starts at
+        ``offset``. Each example's randomness is keyed by its place in the global batch, so a host
+        that makes only a slice augments it exactly as a single process would."""
+        rngs = [
+            np.random.default_rng([seed, epoch, batch, offset + j]) for j in range(len(indices))
+        ]
         images = list(self._pool.map(self._train_image, indices, rngs))
         return {
             "image": np.stack(images),
@@ -137,7 +142,7 @@ class BatchLoader:
 
         def make(b: int) -> dict[str, np.ndarray]:
             idx = order[b * batch_size : (b + 1) * batch_size][index * local : (index + 1) * local]
-            return self.train_batch(idx, seed, epoch, b)
+            return self.train_batch(idx, seed, epoch, b, offset=index * local)
 
         yield from _prefetch(make, range(start, n))
 

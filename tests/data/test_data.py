@@ -166,3 +166,15 @@ def test_train_batches_are_a_function_of_seed_epoch_and_index():
 def test_batch_larger_than_the_data_set_is_an_error():
     with pytest.raises(DatasetError, match="batch size 2000 is larger than the training set"):
         steps_per_epoch(1437, 2000)
+
+
+def test_each_host_makes_exactly_its_slice_of_the_global_batch():
+    ds = load_dataset("digits", "train")
+    loader = BatchLoader(ds, image_size=16, preprocessing=PRE, augment="crop-flip")
+    full = next(loader.train_epoch(seed=0, epoch=0, batch_size=64))
+    halves = [
+        next(loader.train_epoch(seed=0, epoch=0, batch_size=64, shard=(i, 2))) for i in range(2)
+    ]
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), full[key])
+    loader.close()
