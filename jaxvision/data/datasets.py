@@ -38,12 +38,17 @@ class ArrayDataset:
     centre_crop: bool = False
 
     def __post_init__(self) -> None:
+        if np.issubdtype(self.images.dtype, np.floating) and not np.all(np.isfinite(self.images)):
+            raise DatasetError(f"{self.name}: images contain NaN or infinite values")
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise DatasetError(
                 f"{self.name}: images must be uint8 (N, H, W, 3), got {self.images.dtype} "
                 f"{self.images.shape}"
             )
-        self.labels = np.asarray(self.labels, np.int32)
+        self.labels = np.asarray(self.labels)
+        if self.labels.size and not np.issubdtype(self.labels.dtype, np.integer):
+            raise DatasetError(f"{self.name}: labels must be integers, got {self.labels.dtype}")
+        self.labels = self.labels.astype(np.int32)
         if len(self.images) != len(self.labels):
             raise DatasetError(
                 f"{self.name}: {len(self.images)} images but {len(self.labels)} labels"
