@@ -12,6 +12,15 @@ import jax
 import jax.numpy as jnp
 
 
+def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
+    """Drop whole examples of ``x`` with probability ``rate``; ``rate`` may be traced (a scanned
+    per-block rate), so it is not range-checked here."""
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one decision per example
+    mask = jax.random.bernoulli(rng, keep, shape)
+    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
 class DropPath(nn.Module):
     rate: float = 0.0
 
@@ -21,7 +30,4 @@ class DropPath(nn.Module):
             raise ValueError(f"drop path rate must be in [0, 1), got {self.rate}")
         if not train or self.rate == 0.0:
             return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one decision per example
-        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, shape)
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        return drop_path(x, self.rate, self.make_rng("drop_path"))
