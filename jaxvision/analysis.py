@@ -6,8 +6,8 @@ memory or compile time even for EfficientNet-B7 or ViT-H.
 FLOPs follow the reference figures' convention (``torch.utils.flop_counter``): convolutions and
 matrix multiplies only, a multiply-add counted as 2 FLOPs, one image. They are counted from the
 jaxpr, so they describe what the model really computes; a depthwise convolution written as k*k
-shifted multiply-adds is recognised by its ``jaxvision_depthwise`` name and counted as the
-convolution it is.
+shifted multiply-adds (a ``custom_vjp`` of an NHWC input and a (k, k, 1, C) kernel, see
+:mod:`jaxvision.layers.depthwise`) is counted as the convolution it is.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-# Layers that compute a convolution without lax.conv announce its FLOPs through this name scope
-# (see jaxvision.layers.depthwise): "jaxvision_flops=<int>".
-FLOPS_SCOPE_PREFIX = "jaxvision_flops="
-
 
 def abstract_variables(model: nn.Module, image_size: int, batch: int = 1) -> dict[str, Any]:
     x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
@@ -40,12 +36,28 @@ def count_params(tree: Any) -> int:
 def _iter_eqns(jaxpr: Any) -> Iterator[Any]:
     for eqn in jaxpr.eqns:
         yield eqn
+        if _depthwise_flops(eqn):
+            continue  # counted as one convolution, not as its multiply-adds
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             yield from _iter_eqns(sub)
 
 
+def _depthwise_flops(eqn: Any) -> int:
+    """FLOPs of a depthwise convolution computed as shifted multiply-adds under a custom VJP:
+    inputs (B, H, W, C) and (k, k, 1, C), output (B, H', W', C)."""
+    if eqn.primitive.name != "custom_vjp_call" or len(eqn.invars) != 2:
+        return 0
+    x, kernel = (v.aval.shape for v in eqn.invars)
+    out = eqn.outvars[0].aval.shape
+    if len(x) == 4 and len(kernel) == 4 and kernel[2] == 1 and kernel[3] == x[3] == out[-1]:
+        return 2 * math.prod(out) * kernel[0] * kernel[1]
+    return 0
+
+
 def _eqn_flops(eqn: Any) -> int:
     name = eqn.primitive.name
+    if name == "custom_vjp_call":
+        return _depthwise_flops(eqn)
     if name == "dot_general":
         (lc, _), (lb, _) = eqn.params["dimension_numbers"]
         lhs = eqn.invars[0].aval.shape
@@ -66,21 +78,7 @@ def _eqn_flops(eqn: Any) -> int:
 def count_flops(fn: Any, *args: Any) -> int:
     """Conv + matmul FLOPs (multiply-add = 2) of ``fn(*args)``, from its jaxpr."""
     closed = jax.make_jaxpr(fn)(*args)
-    return sum(_eqn_flops(e) for e in _iter_eqns(closed.jaxpr)) + _scoped_flops(closed.jaxpr)
-
-
-def _scoped_flops(jaxpr: Any) -> int:
-    """FLOPs announced by layers that compute a convolution without lax.conv (one per scope)."""
-    seen: dict[str, int] = {}
-    for eqn in _iter_eqns(jaxpr):
-        stack = str(eqn.source_info.name_stack)
-        if FLOPS_SCOPE_PREFIX not in stack:
-            continue
-        # The scope path up to and including the announcing name identifies one layer call.
-        head, _, rest = stack.partition(FLOPS_SCOPE_PREFIX)
-        value = rest.split("/")[0]
-        seen.setdefault(head + value, int(value))
-    return sum(seen.values())
+    return sum(_eqn_flops(e) for e in _iter_eqns(closed.jaxpr))
 
 
 def model_flops(model: nn.Module, image_size: int) -> int:
