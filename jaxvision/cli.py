@@ -71,7 +71,7 @@ def cmd_models(args: argparse.Namespace) -> None:
             model = jaxvision.create_model(name)
             params = f"{count_params(abstract_variables(model, info.resolution)['params']):,}"
         ref = f"{info.reference_params:,}" if info.reference_params else "-"
-        top1 = f"{info.top1:.1f}" if info.top1 is not None else "-"
+        top1 = f"{info.top1:g}" if info.top1 is not None else "-"
         rows.append((name, info.family, params, ref, str(info.resolution), top1))
     header = ("model", "family", "params", "reference", "res", "top-1 %")
     _print_table(header, rows, right={2, 3, 4, 5})
