@@ -13,7 +13,6 @@ shifted multiply-adds (a ``custom_vjp`` of an NHWC input and a (k, k, 1, C) kern
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -33,13 +32,17 @@ def count_params(tree: Any) -> int:
     return int(sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree)))
 
 
-def _iter_eqns(jaxpr: Any) -> Iterator[Any]:
+def _jaxpr_flops(jaxpr: Any) -> int:
+    total = 0
     for eqn in jaxpr.eqns:
-        yield eqn
-        if _depthwise_flops(eqn):
-            continue  # counted as one convolution, not as its multiply-adds
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            yield from _iter_eqns(sub)
+        own = _eqn_flops(eqn)
+        total += own
+        if own and eqn.primitive.name == "custom_vjp_call":
+            continue  # a depthwise convolution, counted as such, not as its multiply-adds
+        inner = sum(_jaxpr_flops(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+        # A scan runs its body `length` times (e.g. ViT's scanned encoder blocks).
+        total += inner * int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" else inner
+    return total
 
 
 def _depthwise_flops(eqn: Any) -> int:
@@ -77,8 +80,7 @@ def _eqn_flops(eqn: Any) -> int:
 
 def count_flops(fn: Any, *args: Any) -> int:
     """Conv + matmul FLOPs (multiply-add = 2) of ``fn(*args)``, from its jaxpr."""
-    closed = jax.make_jaxpr(fn)(*args)
-    return sum(_eqn_flops(e) for e in _iter_eqns(closed.jaxpr))
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def model_flops(model: nn.Module, image_size: int) -> int:

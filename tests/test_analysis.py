@@ -39,3 +39,9 @@ def test_layer_table_lists_modules_with_shapes_and_parameters():
     assert names[0] == "(model)" and rows[0][1] == "(1, 10)"
     total = rows[0][2]
     assert total == sum(r[2] for r in rows[1:])  # top-level modules partition the parameters
+
+
+def test_scanned_blocks_are_counted_once_per_block():
+    looped = jaxvision.create_model("vit_ti16", image_size=32, patch_size=8)
+    scanned = jaxvision.create_model("vit_ti16", image_size=32, patch_size=8, scan_blocks=True)
+    assert model_flops(scanned, 32) == model_flops(looped, 32)
