@@ -245,7 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from jaxvision import model_info
     from jaxvision.data.transforms import eval_transform
@@ -261,8 +261,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 )
         except FileNotFoundError:
             raise CLIError(f"image not found: {path}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise CLIError(f"cannot decode image {path}: {e}") from None
+        except Exception as e:  # pillow and its plugins raise many kinds; name the file
+            raise CLIError(f"cannot decode image {path}: {e.__class__.__name__}: {e}") from None
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, np.stack(images))
     probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
     names = header.get("class_names") or [str(i) for i in range(probs.shape[-1])]

@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -95,7 +95,7 @@ class FolderDataset:
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except Exception as e:  # pillow and its plugins (e.g. HEIF openers) raise many kinds
             raise DatasetError(
                 f"cannot decode image {path}: {e.__class__.__name__}: {e} "
                 "(pass --skip-bad-images to leave undecodable files out)"
@@ -145,7 +145,7 @@ def _scan_folder(root: Path, name: str, skip_bad_images: bool) -> FolderDataset:
                 with Image.open(p) as img:
                     img.convert("RGB")
                 good.append((p, y))
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            except Exception:  # undecodable, whatever pillow or a plugin raises
                 skipped += 1
         if not good:
             raise DatasetError(f"{root}: none of the {len(paths)} images could be decoded")
