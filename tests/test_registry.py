@@ -96,11 +96,13 @@ def test_list_models_by_family():
 
 
 # Every model at a tiny resolution. Compiling a gradient costs 10-60 s per model on a 2-core CPU,
-# so the full forward + gradient check runs on the smallest variant of each family and variant
-# kind (the larger ones share every block and differ only in widths, depths and resolution);
+# so the full forward + gradient check runs on the smallest variant of each family (the larger
+# ones share every block and differ only in widths, depths and resolution);
 # every variant is traced in train and eval mode with jax.eval_shape (shapes, dtypes, RNG
 # streams and mutable collections all exercised, no compile).
-GRADIENT_CHECKED = ["efficientnet_b0", "tf_efficientnet_b0", "vit_ti16", "yolov8n_cls"]
+# tf_efficientnet_b0 has efficientnet_b0's blocks with another padding; its padding is pinned by
+# the timm equivalence test at even and odd sizes.
+GRADIENT_CHECKED = ["efficientnet_b0", "vit_ti16", "yolov8n_cls"]
 
 
 def _tiny_size(name):
