@@ -155,9 +155,9 @@ def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
         header.get("dtype", "float32"),
     )
     expected = abstract_variables(model, size)
-    variables, header = ckpt.load_variables(path, expected, model=name, use_ema=use_ema)
+    variables, header = ckpt.load_variables(path, expected, use_ema=use_ema)
     variables = jax.tree.map(jax.numpy.asarray, variables)
-    return model, size, variables, header, path
+    return model, size, variables, header
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -209,7 +209,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jaxvision.train.state import TrainState
 
     t0 = time.perf_counter()
-    model, size, variables, header, _ = _load_for_inference(args.name, args.checkpoint, args.ema)
+    model, size, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
     ds = load_dataset(args.data, args.split, skip_bad_images=args.skip_bad_images)
     if ds.num_classes != int(header["num_classes"]):
         raise CLIError(
@@ -250,7 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from jaxvision import model_info
     from jaxvision.data.transforms import eval_transform
 
-    model, size, variables, header, _ = _load_for_inference(args.name, args.checkpoint, args.ema)
+    model, size, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
     pre = model_info(args.name).preprocessing
     images = []
     for path in args.images:

@@ -75,8 +75,8 @@ def bicubic_matrix(
         return matrix
 
     if align_corners:
-        raise NotImplementedError(
-            "antialiased bicubic with align_corners=True is not used by any reference here"
+        raise ValueError(
+            "antialiased bicubic with align_corners=True is not supported (no reference uses it)"
         )
     # ATen _upsample_bicubic2d_aa: the filter support grows with the scale when downsampling,
     # taps outside the input are dropped and the remaining weights renormalised.
