@@ -142,7 +142,7 @@ def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
 
     jaxvision.model_info(name)  # unknown names fail here, before any file is read
     path = ckpt.resolve_checkpoint(checkpoint)
-    header, _ = ckpt.read_checkpoint(path)
+    header, payload = ckpt.read_checkpoint(path)  # once: the header says how to build the model
     if header.get("model") != name:
         raise ckpt.CheckpointError(
             f"{path} is a checkpoint of {header.get('model')!r}, not of {name!r}"
@@ -155,7 +155,9 @@ def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
         header.get("dtype", "float32"),
     )
     expected = abstract_variables(model, size)
-    variables, header = ckpt.load_variables(path, expected, use_ema=use_ema)
+    variables = ckpt.variables_from_checkpoint(
+        header, payload, expected, use_ema=use_ema, path=path
+    )
     variables = jax.tree.map(jax.numpy.asarray, variables)
     return model, size, variables, header
 

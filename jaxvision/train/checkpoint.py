@@ -101,6 +101,22 @@ def load_variables(
     """(variables, header) from a training checkpoint or a weights file, checked against the
     shapes in ``expected`` (e.g. ``jax.eval_shape(model.init, ...)``)."""
     header, payload = read_checkpoint(path)
+    return variables_from_checkpoint(
+        header, payload, expected, model=model, use_ema=use_ema, path=path
+    ), header
+
+
+def variables_from_checkpoint(
+    header: dict[str, Any],
+    payload: bytes,
+    expected: dict[str, Any],
+    *,
+    model: str | None = None,
+    use_ema: bool = False,
+    path: str | Path = "checkpoint",
+) -> dict[str, Any]:
+    """The model variables in an already-read checkpoint (``read_checkpoint``), checked against
+    ``expected``; lets a caller that needed the header first read a large file only once."""
     if model is not None and header.get("model") != model:
         raise CheckpointError(
             f"{path} is a checkpoint of {header.get('model')!r}, not of {model!r}"
@@ -117,7 +133,7 @@ def load_variables(
     if mismatches:
         shown = "; ".join(mismatches[:8]) + (" ..." if len(mismatches) > 8 else "")
         raise CheckpointError(f"{path} does not match the model: {shown}")
-    return variables, header
+    return variables
 
 
 def _fsync_dir(directory: Path) -> None:
