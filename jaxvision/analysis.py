@@ -18,14 +18,31 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.extend
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+Example = int | tuple[Any, ...] | Any  # an image size, a tuple of model inputs, or a Task
 
-def abstract_variables(model: nn.Module, image_size: int, batch: int = 1) -> dict[str, Any]:
-    x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-    return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x, train=False), x)
+
+def example_inputs(example: Example, batch: int = 1) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """Abstract model inputs: from a :class:`~jaxvision.tasks.Task` (its example batch), from a
+    tuple of arrays or shapes, or - shorthand for image classifiers - from an image size ``S``
+    (one ``(batch, S, S, 3)`` float32 image batch, as the classification task makes it)."""
+    if isinstance(example, int):
+        from jaxvision.tasks import ClassificationTask
+
+        example = ClassificationTask(num_classes=1, image_size=example)
+    if hasattr(example, "example_batch"):
+        example = example.model_inputs(example.example_batch(batch))
+    return tuple(jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in example)
+
+
+def abstract_variables(model: nn.Module, example: Example, batch: int = 1) -> dict[str, Any]:
+    """The shapes of ``model``'s variables, from abstract inputs (no memory, no compile)."""
+    inputs = example_inputs(example, batch)
+    return jax.eval_shape(
+        lambda *x: model.init({"params": jax.random.key(0)}, *x, train=False), *inputs
+    )
 
 
 def count_params(tree: Any) -> int:
@@ -83,24 +100,36 @@ def count_flops(fn: Any, *args: Any) -> int:
     return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def model_flops(model: nn.Module, image_size: int) -> int:
-    """FLOPs of one image through ``model`` in inference mode."""
-    variables = abstract_variables(model, image_size)
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    return count_flops(lambda v, x: model.apply(v, x, train=False), variables, x)
+def model_flops(model: nn.Module, example: Example) -> int:
+    """FLOPs of one example through ``model`` in inference mode."""
+    inputs = example_inputs(example)
+    variables = abstract_variables(model, inputs)
+    return count_flops(lambda v, *x: model.apply(v, *x, train=False), variables, *inputs)
 
 
-def layer_table(model: nn.Module, image_size: int, depth: int = 2) -> list[tuple[str, str, int]]:
-    """(module path, output shape, parameters) for every module down to ``depth`` levels."""
-    variables = abstract_variables(model, image_size)
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    _, state = jax.eval_shape(
-        lambda v, x: model.apply(
-            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
-        ),
-        variables,
-        x,
-    )
+def layer_table(model: nn.Module, example: Example, depth: int = 2) -> list[tuple[str, str, int]]:
+    """(module path, output shape, parameters) for every module down to ``depth`` levels, in the
+    order the modules run (stem, stages, head, classifier), as Keras' and torchinfo's summaries
+    list them."""
+    inputs = example_inputs(example)
+    variables = abstract_variables(model, inputs)
+    order: list[str] = []
+
+    def record(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        if context.method_name == "__call__":
+            path = "/".join(context.module.path)
+            if path not in order:
+                order.append(path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _, state = jax.eval_shape(
+            lambda v, *x: model.apply(
+                v, *x, train=False, capture_intermediates=True, mutable=["intermediates"]
+            ),
+            variables,
+            *inputs,
+        )
     outputs = {
         "/".join(k[:-1]): v
         for k, v in traverse_util.flatten_dict(state.get("intermediates", {})).items()
@@ -108,13 +137,12 @@ def layer_table(model: nn.Module, image_size: int, depth: int = 2) -> list[tuple
     }
     params = traverse_util.flatten_dict(variables["params"])
     rows = []
-    for path, out in outputs.items():
+    for path in sorted(outputs, key=lambda p: order.index(p) if p in order else len(order)):
         parts = path.split("/") if path else []
         if len(parts) > depth:
             continue
         n = sum(math.prod(v.shape) for k, v in params.items() if list(k[: len(parts)]) == parts)
-        shape = _shape_str(out)
-        rows.append((path or "(model)", shape, n))
+        rows.append((path or "(model)", _shape_str(outputs[path]), n))
     return rows
 
 

@@ -17,9 +17,10 @@
 * utilisation: achieved FLOP/s divided by the FLOP/s of a large jitted matrix product measured on
   the same device in the same run.
 
-The inference step is ``model.apply(variables, x, train=False)``; the train step is the library's
-own :func:`jaxvision.train.steps.train_step` with SGD momentum, jitted with ``donate_argnums=0``
-exactly as :func:`jaxvision.train.loop.fit` runs it.
+The inputs are the model's task's example batch (:meth:`jaxvision.tasks.Task.example_batch`) with
+random values; the inference step is ``model.apply(variables, *inputs, train=False)``; the train
+step is the library's own :func:`jaxvision.train.steps.train_step` for that task with SGD
+momentum, jitted with ``donate_argnums=0`` exactly as :func:`jaxvision.train.loop.fit` runs it.
 
 When PyTorch and the reference package of the family (timm, torchvision, ultralytics) import, the
 same run times the reference model in its best CPU configuration: ``channels_last`` for
@@ -36,7 +37,6 @@ library versions and the command line. See benchmarks/README.md for the method a
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
 import ctypes
@@ -54,6 +54,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from jaxvision.errors import ConfigError
+from jaxvision.registry import parse_model_args
 
 DEFAULT_OUTPUT = "benchmarks/results/results.jsonl"
 MODES = ("inference", "train")
@@ -151,20 +154,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, help="CPU cores for JAX and PyTorch alike (default: all available)"
     )
-
-
-def parse_model_args(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["scan_blocks=True", "implementation=xla"]`` -> ``{"scan_blocks": True, ...}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw  # a bare string such as implementation=shifted
-    return out
 
 
 # ---------------------------------------------------------------------------- measurement tools
@@ -330,17 +319,12 @@ def _compile(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, float]]
 
 
 def build_model(name: str, image_size: int | None, dtype: str, model_args: dict[str, Any]):
-    """The registered model at ``image_size`` (default: its own resolution) and that size."""
-    import jax.numpy as jnp
-
+    """The registered model at ``image_size`` (default: its own resolution), that size, its info."""
     import jaxvision
+    from jaxvision.registry import build_model as build
 
-    info = jaxvision.model_info(name)
-    model = jaxvision.create_model(name, dtype=jnp.dtype(dtype), **model_args)
-    size = image_size or getattr(model, "image_size", None) or info.resolution
-    if hasattr(model, "image_size") and model.image_size != size:
-        model = model.clone(image_size=size)
-    return model, size, info
+    model, size = build(name, image_size=image_size, dtype=dtype, model_args=model_args)
+    return model, size, jaxvision.model_info(name)
 
 
 def analytic_flops(model: Any, image_size: int) -> int:
@@ -354,9 +338,8 @@ def analytic_flops(model: Any, image_size: int) -> int:
 class JaxStep:
     """One model's jitted inference or train step: compiled once, then callable as a step."""
 
-    def __init__(self, model: Any, mode: str, batch: int, size: int, *, seed: int = 0) -> None:
+    def __init__(self, model: Any, task: Any, mode: str, batch: int, *, seed: int = 0) -> None:
         import jax
-        import jax.numpy as jnp
         import numpy as np
 
         from jaxvision.analysis import abstract_variables
@@ -366,27 +349,29 @@ class JaxStep:
 
         self.mode = mode
         rng = np.random.default_rng(seed)
-        images = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+        # The task's example batch, floating-point entries filled with noise.
+        example = {
+            k: rng.standard_normal(v.shape).astype(v.dtype)
+            if np.issubdtype(v.dtype, np.floating) and k != "mask"
+            else v
+            for k, v in task.example_batch(batch).items()
+        }
+        spec = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+        inputs = task.model_inputs(example)
         key = jax.random.key(seed)
-        image_spec = jax.ShapeDtypeStruct(images.shape, jnp.float32)
 
         reset_peak_rss()
         if mode == "inference":
-            forward = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+            forward = jax.jit(lambda variables, x: model.apply(variables, *x, train=False))
             self.compiled, self.compile_times = _compile(
-                forward, abstract_variables(model, size), image_spec
+                forward, abstract_variables(model, inputs), spec(inputs)
             )
         else:
             tx = make_optimizer("sgd", SGD_LEARNING_RATE, momentum=SGD_MOMENTUM)
-            build_state = functools.partial(create_train_state, model, tx, rng=key, image_size=size)
-            batch_spec = {
-                "image": image_spec,
-                "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
-                "mask": jax.ShapeDtypeStruct((batch,), jnp.float32),
-            }
-            step = jax.jit(train_step, donate_argnums=0)
+            build_state = functools.partial(create_train_state, model, tx, rng=key, inputs=inputs)
+            step = jax.jit(functools.partial(train_step, task=task), donate_argnums=0)
             self.compiled, self.compile_times = _compile(
-                step, jax.eval_shape(build_state), batch_spec, key
+                step, jax.eval_shape(build_state), spec(example), key
             )
         self.compile_peak_rss = peak_rss_bytes()
         self.xla_flops = _cost_flops(self.compiled)
@@ -396,28 +381,24 @@ class JaxStep:
         def materialise() -> None:
             reset_peak_rss()
             self.rss_before = current_rss_bytes()
-            x = jax.device_put(images)
             if mode == "inference":
-                self.variables = init_variables(model, key, size)
-                self.inputs = x
+                self.variables = init_variables(model, key, inputs)
+                self.inputs = jax.device_put(inputs)
             else:
                 self.state = build_state()
-                labels = rng.integers(0, getattr(model, "num_classes", 1000), (batch,))
-                self.batch = {
-                    "image": x,
-                    "label": jax.device_put(labels.astype(np.int32)),
-                    "mask": jnp.ones((batch,), jnp.float32),
-                }
+                self.batch = jax.device_put(example)
                 self.key = key
 
         self.materialise = materialise
 
     def __call__(self) -> None:
+        import jax
+
         if self.mode == "inference":
-            self.compiled(self.variables, self.inputs).block_until_ready()
+            jax.block_until_ready(self.compiled(self.variables, self.inputs))
         else:
             self.state, metrics = self.compiled(self.state, self.batch, self.key)
-            metrics["loss_sum"].block_until_ready()
+            jax.block_until_ready(metrics)
 
 
 # ------------------------------------------------------------------------------- PyTorch side
@@ -566,7 +547,7 @@ def benchmark(
 
     load_before = _load_average()
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     model_args = dict(model_args or {})
     model, size, info = build_model(name, image_size, dtype, model_args)
     rec: dict[str, Any] = {
@@ -585,7 +566,10 @@ def benchmark(
     rec["flops_per_image"] = flops
     rec["step_flops_per_image"] = step_flops
 
-    jax_step = JaxStep(model, mode, batch_size, size)
+    from jaxvision import tasks
+
+    task = tasks.for_model(name, image_size=size)
+    jax_step = JaxStep(model, task, mode, batch_size)
     rec.update(jax_step.compile_times)
     rec["compile_peak_rss_mb"] = _mb(jax_step.compile_peak_rss)
     rec["xla_flops_per_image"] = (
@@ -855,19 +839,19 @@ def _run(args: argparse.Namespace, threads: int) -> int:
     if args.all:
         names = jaxvision.list_models(args.family)
         if args.family and not names:
-            raise ValueError(f"no registered models in family {args.family!r}")
+            raise ConfigError(f"no registered models in family {args.family!r}")
     elif args.models:
         names = list(args.models)
         for name in names:
             jaxvision.model_info(name)  # unknown names fail before anything is measured
     else:
-        raise ValueError("name at least one model, or use --all")
+        raise ConfigError("name at least one model, or use --all")
     modes = MODES if args.mode == "both" else (args.mode,)
     for flag in ("batch_size", "train_batch_size", "iters"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
-        raise ValueError("--warmup must be >= 0")
+        raise ConfigError("--warmup must be >= 0")
     model_args = parse_model_args(args.model_arg)
 
     env = environment(threads)

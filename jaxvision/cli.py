@@ -1,8 +1,9 @@
 """The ``jaxvision`` command: list, inspect, train, evaluate, predict, convert and benchmark.
 
-Errors a user can cause (unknown model, bad path, undecodable image, wrong checkpoint, NaN loss)
-print one line ``jaxvision: error: ...`` and exit with status 2 (1 for a NaN loss); nothing is lost.
-Set ``JAXVISION_DEBUG=1`` to see the full traceback instead.
+Errors a user can cause (unknown model, bad option or path, undecodable image, wrong checkpoint:
+every :class:`jaxvision.errors.UserError`) print one line ``jaxvision: error: ...`` and exit with
+status 2; a NaN loss exits with 1; nothing is lost. Any other exception is a bug and shows its
+traceback. Set ``JAXVISION_DEBUG=1`` to see the traceback of user errors too.
 Training and evaluation print exactly one JSON object as the last line of stdout; progress bars
 and logs go to stderr.
 """
@@ -10,32 +11,19 @@ and logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
 from typing import Any
 
+from jaxvision.errors import UserError
+
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
 
 
-class CLIError(Exception):
-    """A user error reported as one line, exit status 2."""
-
-
-def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise CLIError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare string such as implementation=shifted
-        out[key] = value
-    return out
+class CLIError(UserError):
+    """A user error found by the command line itself."""
 
 
 def _print_json(obj: dict[str, Any]) -> None:
@@ -45,14 +33,11 @@ def _print_json(obj: dict[str, Any]) -> None:
 def _result_line(
     model: str, metrics: dict[str, Any], epochs: int, seconds: float
 ) -> dict[str, Any]:
-    return {
-        "model": model,
-        "top1": round(float(metrics["top1"]), 6),
-        "top5": round(float(metrics["top5"]), 6),
-        "loss": round(float(metrics["loss"]), 6),
-        "epochs": epochs,
-        "seconds": round(seconds, 2),
-    }
+    """The last stdout line of ``train`` and ``eval``: the model, the task's held-out metrics
+    (classification: ``top1``, ``top5``, ``loss``), completed epochs and seconds."""
+    skip = ("model", "epochs", "seconds", "state")
+    shown = {k: round(float(v), 6) for k, v in metrics.items() if k not in skip}
+    return {"model": model, **shown, "epochs": epochs, "seconds": round(seconds, 2)}
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -96,22 +81,27 @@ def _print_table(
 
 def cmd_summary(args: argparse.Namespace) -> None:
     import jaxvision
+    from jaxvision import tasks
     from jaxvision.analysis import abstract_variables, count_params, layer_table, model_flops
+    from jaxvision.registry import build_model, parse_model_args
 
-    overrides = _parse_model_args(args.model_arg)
+    overrides = parse_model_args(args.model_arg)
     info = jaxvision.model_info(args.name)
-    model = jaxvision.create_model(args.name, num_classes=args.num_classes, **overrides)
-    size = args.image_size or getattr(model, "image_size", None) or info.resolution
-    if hasattr(model, "image_size") and "image_size" not in overrides:
-        model = model.clone(image_size=size)
-    rows = layer_table(model, size, depth=args.depth)
+    model, size = build_model(
+        args.name, num_classes=args.num_classes, image_size=args.image_size, model_args=overrides
+    )
+    task = tasks.for_model(args.name, image_size=size, num_classes=args.num_classes)
+    try:
+        rows = layer_table(model, task, depth=args.depth)
+    except ValueError as e:  # the model refuses its configuration
+        raise CLIError(f"{args.name} cannot be built as configured: {e}") from None
     _print_table(
         ("layer", "output shape", "params"), [(n, s, f"{p:,}") for n, s, p in rows], right={2}
     )
-    variables = abstract_variables(model, size)
+    variables = abstract_variables(model, task)
     n_params = count_params(variables["params"])
     n_stats = count_params(variables.get("batch_stats", {}))
-    flops = model_flops(model, size)
+    flops = model_flops(model, task)
     print()
     print(
         f"model:        {args.name} ({info.family}), {size}x{size} input, "
@@ -133,41 +123,58 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
+    """(model, task, variables, header) of a checkpoint or weights file saved for ``name``."""
     import jax
 
     import jaxvision
+    from jaxvision import tasks
     from jaxvision.analysis import abstract_variables
+    from jaxvision.registry import build_model
     from jaxvision.train import checkpoint as ckpt
-    from jaxvision.train.loop import build_model
 
     jaxvision.model_info(name)  # unknown names fail here, before any file is read
     path = ckpt.resolve_checkpoint(checkpoint)
-    header, payload = ckpt.read_checkpoint(path)  # once: the header says how to build the model
-    if header.get("model") != name:
-        raise ckpt.CheckpointError(
-            f"{path} is a checkpoint of {header.get('model')!r}, not of {name!r}"
-        )
+    header, saved = ckpt.load_checkpoint(path)  # once: the header says how to build the model
+    ckpt.check_model(header, name, path)
+    size = header.get("image_size")
+    task = tasks.from_header(header, size or jaxvision.model_info(name).resolution)
     model, size = build_model(
         name,
-        int(header["num_classes"]),
-        header.get("image_size"),
-        header.get("model_args") or {},
-        header.get("dtype", "float32"),
+        image_size=size,
+        dtype=header.get("dtype", "float32"),
+        model_args={**task.model_args(), **(header.get("model_args") or {})},
     )
-    expected = abstract_variables(model, size)
-    variables = ckpt.variables_from_checkpoint(
-        header, payload, expected, use_ema=use_ema, path=path
-    )
+    expected = abstract_variables(model, task)
+    variables = ckpt.variables_from_checkpoint(header, saved, expected, use_ema=use_ema, path=path)
     variables = jax.tree.map(jax.numpy.asarray, variables)
-    return model, size, variables, header
+    return model, task, variables, header
+
+
+def _inference_state(model: Any, variables: dict[str, Any]):
+    from jaxvision.train.state import TrainState
+
+    return TrainState(
+        step=0,
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=None,
+        opt_state=None,
+        batch_stats=variables.get("batch_stats", {}),
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from jaxvision.registry import parse_model_args
     from jaxvision.train import distributed
     from jaxvision.train.loop import TrainConfig, fit
 
     if args.distributed:
         distributed.initialize()
+    task_args = {
+        "label_smoothing": args.label_smoothing,
+        "augment": args.augment,
+        "crop_min_scale": args.crop_min_scale,
+    }
     config = TrainConfig(
         model=args.name,
         data=args.data,
@@ -179,25 +186,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         momentum=args.momentum,
         nesterov=args.nesterov,
         warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
         clip_norm=args.clip_norm or None,
         ema_decay=args.ema_decay,
         image_size=args.image_size,
         seed=args.seed,
         output_dir=args.output_dir,
         resume=args.resume,
-        model_args=_parse_model_args(args.model_arg),
+        init_from=args.init_from,
+        model_args=parse_model_args(args.model_arg),
+        task_args={k: v for k, v in task_args.items() if v is not None},
         dtype=args.dtype,
-        augment=args.augment,
-        crop_min_scale=args.crop_min_scale,
         checkpoint_every=args.checkpoint_every,
         skip_bad_images=args.skip_bad_images,
         fsdp=args.fsdp,
         progress=not args.no_progress,
+        log_every=args.log_every,
         max_steps=args.max_steps,
     )
     result = fit(config)
-    result.pop("state")
     _print_json(_result_line(result["model"], result, result["epochs"], result["seconds"]))
     return 0
 
@@ -205,36 +211,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
-    from jaxvision import model_info
-    from jaxvision.data import BatchLoader, load_dataset
+    from jaxvision import model_info, tasks
+    from jaxvision.data import BatchLoader
+    from jaxvision.train import distributed
     from jaxvision.train.loop import evaluate
-    from jaxvision.train.state import TrainState
 
     t0 = time.perf_counter()
-    model, size, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
-    ds = load_dataset(args.data, args.split, skip_bad_images=args.skip_bad_images)
-    if ds.num_classes != int(header["num_classes"]):
-        raise CLIError(
-            f"{args.data} has {ds.num_classes} classes but the checkpoint was trained for "
-            f"{header['num_classes']}"
-        )
-    loader = BatchLoader(
-        ds, image_size=size, preprocessing=model_info(args.name).preprocessing, augment="none"
+    model, task, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
+    source = tasks.eval_source(
+        task,
+        args.data,
+        args.split,
+        info=model_info(args.name),
+        skip_bad_images=args.skip_bad_images,
     )
-    state = TrainState(
-        step=0,
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=None,
-        opt_state=None,
-        batch_stats=variables.get("batch_stats", {}),
-    )
-    from jaxvision.train import distributed
-
+    loader = BatchLoader(source)
     mesh = distributed.make_mesh()
     batch = args.batch_size - args.batch_size % mesh.devices.size or mesh.devices.size
     try:
-        metrics = evaluate(state, loader, batch, mesh=mesh, progress=not args.no_progress)
+        metrics = evaluate(
+            _inference_state(model, variables),
+            task.for_evaluation(),
+            loader,
+            batch,
+            mesh=mesh,
+            progress=not args.no_progress,
+        )
     finally:
         loader.close()
     # "epochs": completed training epochs of the checkpoint (0 for converted weights).
@@ -245,15 +247,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import functools
+
     import jax
     import numpy as np
     from PIL import Image
 
     from jaxvision import model_info
     from jaxvision.data.transforms import eval_transform
+    from jaxvision.train.steps import predict_step
 
-    model, size, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
+    model, task, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
     pre = model_info(args.name).preprocessing
+    size = task.image_size
     images = []
     for path in args.images:
         try:
@@ -265,8 +271,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError(f"image not found: {path}") from None
         except Exception as e:  # pillow and its plugins raise many kinds; name the file
             raise CLIError(f"cannot decode image {path}: {e.__class__.__name__}: {e}") from None
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, np.stack(images))
-    probs = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
+    batch = {**task.example_batch(len(images)), "image": np.stack(images)}
+    predict = jax.jit(functools.partial(predict_step, task=task))
+    probs = np.asarray(predict(_inference_state(model, variables), batch))
     names = header.get("class_names") or [str(i) for i in range(probs.shape[-1])]
     k = min(args.top_k, probs.shape[-1])
     for path, p in zip(args.images, probs, strict=True):
@@ -278,22 +285,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    import jax
+
     import jaxvision
-    from jaxvision import weights
+    from jaxvision import tasks, weights
+    from jaxvision.analysis import abstract_variables
+    from jaxvision.registry import build_model, parse_model_args
     from jaxvision.train import checkpoint as ckpt
+    from jaxvision.train.finetune import merge_matching
+    from jaxvision.train.state import init_variables
 
     info = jaxvision.model_info(args.name)
-    overrides = _parse_model_args(args.model_arg)
+    overrides = parse_model_args(args.model_arg)
     if args.image_size:
         overrides["image_size"] = args.image_size
     state_dict = weights.load_state_dict(args.input)
     variables = weights.convert(args.name, state_dict, source=args.source, **overrides)
-    head = _num_classes(variables)
+    size = overrides.pop("image_size", info.resolution)
+    classes = _num_classes(args.name, variables, size, overrides)
+    if args.num_classes and args.num_classes != classes:
+        # A new head: every other array is kept, the classifier initialised afresh.
+        model, size = build_model(
+            args.name, num_classes=args.num_classes, image_size=size, model_args=overrides
+        )
+        task = tasks.for_model(args.name, image_size=size, num_classes=args.num_classes)
+        inputs = task.model_inputs(task.example_batch(1))
+        fresh = init_variables(model, jax.random.key(args.seed), inputs)
+        variables, report = merge_matching(fresh, variables)
+        report.source = str(args.input)
+        for line in report.lines():
+            print(line, file=sys.stderr)
+        classes = args.num_classes
+        abstract_variables(model, task)  # the merged tree fits the new model by construction
     header = {
         "model": args.name,
-        "num_classes": head,
+        "task": info.task,
+        "num_classes": classes,
         "class_names": None,
-        "image_size": overrides.pop("image_size", info.resolution),
+        "image_size": size,
         "model_args": overrides,
         "dtype": "float32",
         "source": args.source,
@@ -302,19 +331,32 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "batch": 0,
     }
     out = ckpt.save_variables(args.output, variables, header)
-    print(f"wrote {out} ({args.name}, {head} classes, from {args.source})", file=sys.stderr)
+    print(f"wrote {out} ({args.name}, {classes} classes, from {args.source})", file=sys.stderr)
     return 0
 
 
-def _num_classes(variables: dict[str, Any]) -> int:
-    import jax
+def _num_classes(name: str, variables: dict[str, Any], size: int, model_args: dict) -> int:
+    """The number of classes of converted ``variables``: read from the arrays whose shape depends
+    on ``num_classes`` (found by building the model abstractly for 1 and for 2 classes)."""
+    from flax import traverse_util
 
-    leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
-    # The classifier is the last Dense kernel in the tree's order of creation (head/classifier).
-    for path, leaf in reversed(leaves):
-        if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 2:
-            return int(leaf.shape[-1])
-    raise CLIError("could not find the classifier in the converted weights")
+    from jaxvision.analysis import abstract_variables
+    from jaxvision.registry import build_model
+
+    shapes = []
+    for k in (1, 2):
+        model, _ = build_model(name, num_classes=k, image_size=size, model_args=model_args)
+        shapes.append(traverse_util.flatten_dict(abstract_variables(model, size)["params"]))
+    got = traverse_util.flatten_dict(variables["params"])
+    for path, leaf in shapes[0].items():
+        if leaf.shape != shapes[1][path].shape and path in got:
+            axis = next(
+                i
+                for i, (a, b) in enumerate(zip(leaf.shape, shapes[1][path].shape, strict=True))
+                if a != b
+            )
+            return int(got[path].shape[axis])
+    raise CLIError(f"could not find the classifier of {name} in the converted weights")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -360,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=0.9, help="for sgd and rmsprop")
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument(
+        "--label-smoothing", type=float, help="classification: label smoothing (default 0.1)"
+    )
     t.add_argument(
         "--clip-norm", type=float, default=1.0, help="global gradient-norm clip; 0 disables"
     )
@@ -370,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", help="metrics.jsonl, checkpoints/ and curves.png go here")
     t.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in --output-dir"
+    )
+    t.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="fine-tune: start from the parameters of this checkpoint (a .jvc from convert, a "
+        "training checkpoint or run folder) whose names and shapes match; the rest (e.g. a head "
+        "for another number of classes) is initialised afresh. Both lists are printed",
     )
     t.add_argument(
         "--checkpoint-every",
@@ -414,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         "JAX_NUM_PROCESSES, JAX_PROCESS_ID",
     )
     t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    t.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        metavar="STEPS",
+        help="copy the running metrics to the host (progress bar, NaN check) every STEPS steps",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(fn=cmd_train)
 
@@ -450,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, help="target resolution (ViT position embeddings are resized)"
     )
     c.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
+    c.add_argument(
+        "--num-classes",
+        type=int,
+        help="give the model a new classifier for this many classes (initialised afresh, seed "
+        "--seed); every other array is converted",
+    )
+    c.add_argument("--seed", type=int, default=0, help="for a new classifier (default 0)")
     c.set_defaults(fn=cmd_convert)
 
     b = sub.add_parser(
@@ -465,28 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from jaxvision.data import DatasetError
-    from jaxvision.registry import UnknownModelError
-    from jaxvision.train.checkpoint import CheckpointError
     from jaxvision.train.loop import NonFiniteLossError
-    from jaxvision.weights.common import WeightConversionError
 
     try:
         return int(args.fn(args) or 0)
     except NonFiniteLossError as e:
         print(f"jaxvision: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (
-        CLIError,
-        UnknownModelError,
-        DatasetError,
-        CheckpointError,
-        WeightConversionError,
-        FileNotFoundError,
-        ValueError,
-        TypeError,
-        ImportError,
-    ) as e:
+    except UserError as e:
         if os.environ.get("JAXVISION_DEBUG"):
             raise
         msg = str(e).strip().splitlines()

@@ -8,6 +8,7 @@ from the reference implementations into ``reference_models.json`` beside this fi
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import functools
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+
+from jaxvision.errors import ConfigError, UserError
 
 # Model families live in these modules; importing one registers its variants.
 _MODEL_MODULES = (
@@ -59,6 +62,7 @@ class ModelInfo:
     source: str | None
     accuracy_source: str | None
     description: str
+    task: str = "classification"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,12 +75,13 @@ class _Entry:
     resolution: int
     preprocessing: Preprocessing
     description: str
+    task: str
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UserError, KeyError):
     """Raised for a model name that is not registered; the message lists close matches."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
@@ -99,13 +104,18 @@ def register_model(
     resolution: int,
     preprocessing: Preprocessing,
     description: str = "",
+    task: str = "classification",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``constructor(*, num_classes, **overrides) -> nn.Module`` as ``name``."""
+    """Decorator: register ``constructor(*, num_classes, **overrides) -> nn.Module`` as ``name``.
+
+    ``task`` names the kind of work the model does (a key of ``jaxvision.tasks.TASKS``): it
+    decides what a batch holds, the loss and the metrics ``jaxvision train`` uses.
+    """
 
     def wrap(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(constructor, family, resolution, preprocessing, description)
+        _REGISTRY[name] = _Entry(constructor, family, resolution, preprocessing, description, task)
         return constructor
 
     return wrap
@@ -134,6 +144,10 @@ def list_models(family: str | None = None) -> list[str]:
     return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
 
 
+class ModelArgumentError(ConfigError, TypeError):
+    """A model argument (``--model-arg``) that is not a field of the model."""
+
+
 def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     """Build a registered model. ``overrides`` replace fields of its configuration.
 
@@ -141,11 +155,59 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> nn.
     """
     entry = _entry(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     try:
         return entry.constructor(num_classes=num_classes, **overrides)
     except TypeError as e:
-        raise TypeError(f"create_model({name!r}): bad override: {e}") from None
+        raise ModelArgumentError(f"create_model({name!r}): bad override: {e}") from None
+
+
+def parse_model_args(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """``["patch_size=4", "implementation=xla"]`` -> ``{"patch_size": 4, "implementation": "xla"}``.
+
+    Values are Python literals where they parse as one, bare strings otherwise.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw  # a bare string such as implementation=shifted
+    return out
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    image_size: int | None = None,
+    dtype: str = "float32",
+    model_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, int]:
+    """(model, input size): ``create_model`` at ``image_size`` (default: the registered
+    resolution) with compute ``dtype`` and the ``--model-arg`` overrides. The one place the
+    command line, the training loop and the benchmark build a model.
+
+    A model with an ``image_size`` field (the ViT: its position embedding has one row per patch)
+    is built for that size unless ``model_args`` sets it.
+    """
+    import jax.numpy as jnp
+
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    overrides = dict(model_args or {})
+    num_classes = overrides.pop("num_classes", num_classes)
+    if dtype != "float32":
+        overrides["dtype"] = jnp.dtype(dtype)
+    model = create_model(name, num_classes=num_classes, **overrides)
+    size = image_size or overrides.get("image_size") or model_info(name).resolution
+    fields = {f.name for f in dataclasses.fields(model)}
+    if "image_size" in fields and "image_size" not in overrides and model.image_size != size:
+        model = model.clone(image_size=size)
+    return model, size
 
 
 def model_info(name: str) -> ModelInfo:
@@ -164,4 +226,5 @@ def model_info(name: str) -> ModelInfo:
         source=ref.get("source"),
         accuracy_source=ref.get("accuracy_source"),
         description=entry.description,
+        task=entry.task,
     )

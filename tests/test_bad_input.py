@@ -87,7 +87,7 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("ck") / "ckpt_000000001.jvc"
     path.write_bytes(data)
     with pytest.raises(ckpt.CheckpointError):
-        ckpt.read_checkpoint(path)
+        ckpt.load_checkpoint(path)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def trained(tmp_path_factory, tiny):
 
 def test_train_prints_one_json_line_and_writes_its_files(trained, tiny, capsys):
     assert (trained / "metrics.jsonl").is_file() and (trained / "curves.png").is_file()
-    assert list((trained / "checkpoints").glob("ckpt_*.jvc"))
+    assert list((trained / "checkpoints").glob("ckpt_*"))
 
 
 def test_train_json_line(tiny, tmp_path, capsys):
@@ -177,7 +177,7 @@ def test_nan_loss_exits_1_and_keeps_the_checkpoint(tiny, tmp_path, capsys):
     ]
     code, out, err = _run(capsys, *argv)
     assert code == 1 and "loss became" in err and "last good checkpoint is kept" in err
-    assert list((tmp_path / "checkpoints").glob("ckpt_*.jvc"))
+    assert list((tmp_path / "checkpoints").glob("ckpt_*"))
 
 
 def test_console_entry_point_help():

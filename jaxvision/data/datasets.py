@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from jaxvision.errors import UserError
+
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DIGITS_TEST_FRACTION = 0.2  # 1,437 training and 360 held-out images, stratified by class
 DIGITS_SPLIT_SEED = 0  # fixed: the held-out split is the same in every run
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A data set spec, path or file that cannot be used; the message says which and why."""
 
 

@@ -1,5 +1,9 @@
 """Batches for training and evaluation.
 
+A :class:`Source` gives single examples (dicts of numpy arrays) of one split; the
+:class:`BatchLoader` stacks them into batches for any task. :class:`ClassificationSource` is the
+source of the image-classification data sets.
+
 Training: a permutation of the examples fixed by (seed, epoch), full batches only (the remainder
 of an epoch is left to the next permutation, as PyTorch's ``drop_last=True``), augmentation seeded
 by (seed, epoch, batch index). Evaluation: every example exactly once, in order; the last batch is
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -39,8 +44,24 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
-class BatchLoader:
-    """Makes numpy batches ``{"image", "label", "mask"}`` from a data set."""
+class Source(Protocol):
+    """Examples of one split, each a dict of numpy arrays of fixed shapes.
+
+    ``train_example`` may augment, drawing only from the generator it is handed (seeded by
+    (seed, epoch, batch, position)), so a resumed run sees the same examples; ``eval_example``
+    is deterministic.
+    """
+
+    def __len__(self) -> int: ...
+
+    def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]: ...
+
+    def eval_example(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+class ClassificationSource:
+    """Examples ``{"image": (S, S, 3) float32, "label": int32}`` of an image-classification data
+    set, with the reference evaluation preprocessing and a random-resized-crop augmentation."""
 
     def __init__(
         self,
@@ -50,7 +71,6 @@ class BatchLoader:
         preprocessing: Preprocessing,
         augment: str = "crop-flip",
         crop_scale: tuple[float, float] = (0.08, 1.0),
-        workers: int = 2,
     ):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
@@ -59,39 +79,55 @@ class BatchLoader:
         self.pre = preprocessing
         self.augment = augment
         self.crop_scale = crop_scale
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
         self._eval_cache: dict[int, np.ndarray] = {}
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def __len__(self) -> int:
+        return len(self.dataset)
 
-    def _train_image(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        img = self.dataset.image(index)
+    def _label(self, index: int) -> np.ndarray:
+        return np.asarray(self.dataset.labels[index], np.int32)
+
+    def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.augment == "none":
-            return self._eval_image(index)
-        return train_transform(
-            img,
+            return self.eval_example(index)
+        image = train_transform(
+            self.dataset.image(index),
             self.image_size,
             self.pre,
             rng,
             scale=self.crop_scale,
             flip=self.augment == "crop-flip",
         )
+        return {"image": image, "label": self._label(index)}
 
-    def _eval_image(self, index: int) -> np.ndarray:
+    def eval_example(self, index: int) -> dict[str, np.ndarray]:
         # In-memory data sets are small: keep their evaluation images once computed.
-        cached = self._eval_cache.get(index)
-        if cached is not None:
-            return cached
-        x = eval_transform(
-            self.dataset.image(index),
-            self.image_size,
-            self.pre,
-            centre_crop=self.dataset.centre_crop,
-        )
-        if isinstance(self.dataset, ArrayDataset):
-            self._eval_cache[index] = x
-        return x
+        image = self._eval_cache.get(index)
+        if image is None:
+            image = eval_transform(
+                self.dataset.image(index),
+                self.image_size,
+                self.pre,
+                centre_crop=self.dataset.centre_crop,
+            )
+            if isinstance(self.dataset, ArrayDataset):
+                self._eval_cache[index] = image
+        return {"image": image, "label": self._label(index)}
+
+
+def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class BatchLoader:
+    """Makes numpy batches (the source's keys plus ``"mask"``) from a :class:`Source`."""
+
+    def __init__(self, source: Source, *, workers: int = 2):
+        self.source = source
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def train_batch(
         self, indices: np.ndarray, seed: int, epoch: int, batch: int, offset: int = 0
@@ -102,27 +138,26 @@ class BatchLoader:
         rngs = [
             np.random.default_rng([seed, epoch, batch, offset + j]) for j in range(len(indices))
         ]
-        images = list(self._pool.map(self._train_image, indices, rngs))
-        return {
-            "image": np.stack(images),
-            "label": self.dataset.labels[indices],
-            "mask": np.ones(len(indices), np.float32),
-        }
+        examples = list(self._pool.map(self.source.train_example, indices, rngs))
+        return {**_stack(examples), "mask": np.ones(len(indices), np.float32)}
 
     def eval_batch(self, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        """Examples ``indices`` padded with zeros to ``batch_size``; padding has ``mask`` 0."""
         if len(indices) == 0:  # a host whose slice of the last batch is empty
-            shape = (0, self.image_size, self.image_size, 3)
-            images = np.zeros(shape, np.float32)
+            template = self.source.eval_example(0)
+            batch = {
+                k: np.zeros((0, *np.shape(v)), np.asarray(v).dtype) for k, v in template.items()
+            }
         else:
-            images = np.stack(list(self._pool.map(self._eval_image, indices)))
-        labels = self.dataset.labels[indices]
-        mask = np.ones(len(indices), np.float32)
+            batch = _stack(list(self._pool.map(self.source.eval_example, indices)))
+        batch["mask"] = np.ones(len(indices), np.float32)
         pad = batch_size - len(indices)
         if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-            mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-        return {"image": images, "label": labels, "mask": mask}
+            batch = {
+                k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+                for k, v in batch.items()
+            }
+        return batch
 
     def train_epoch(
         self,
@@ -135,8 +170,8 @@ class BatchLoader:
     ) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start, start + 1, ...`` of epoch ``epoch``; with ``shard=(i, n)`` this process
         makes only its slice ``i`` of ``n`` of each global batch (multi-host data loading)."""
-        n = steps_per_epoch(len(self.dataset), batch_size)
-        order = epoch_order(len(self.dataset), seed, epoch)
+        n = steps_per_epoch(len(self.source), batch_size)
+        order = epoch_order(len(self.source), seed, epoch)
         index, count = shard
         local = batch_size // count
 
@@ -149,7 +184,7 @@ class BatchLoader:
     def eval_batches(
         self, batch_size: int, *, shard: tuple[int, int] = (0, 1)
     ) -> Iterator[dict[str, np.ndarray]]:
-        n = len(self.dataset)
+        n = len(self.source)
         index, count = shard
         local = batch_size // count
 

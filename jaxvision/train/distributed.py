@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxvision.errors import ConfigError
+
 DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2**16  # parameters smaller than this stay replicated (biases, norms, small convs)
 
@@ -45,7 +47,7 @@ def make_mesh(devices: list[Any] | None = None) -> Mesh:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     n = mesh.devices.size
     if batch_size % n:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {batch_size} is not divisible by the {n} devices of the mesh; "
             f"use a multiple of {n}"
         )
@@ -76,6 +78,22 @@ def _fsdp_spec(shape: tuple[int, ...], n: int) -> P:
             spec[axis] = DATA_AXIS
             return P(*spec)
     return P()
+
+
+def to_host(tree: Any) -> Any:
+    """``tree``'s global arrays as whole numpy arrays on every process (an all-gather when the
+    arrays span several hosts): what a host-side evaluator reads."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def count_sharded(tree: Any) -> tuple[int, int]:
+    """(arrays split over more than one device, all arrays) of a placed pytree."""
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    return sum(not x.sharding.is_fully_replicated for x in leaves), len(leaves)
 
 
 def state_shardings(state: Any, mesh: Mesh, *, fsdp: bool = False) -> Any:

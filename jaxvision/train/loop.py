@@ -1,10 +1,20 @@
-"""The training loop: ``fit`` trains a registered model on a data set; ``evaluate`` measures one.
+"""The training loop: ``fit`` trains a registered model on a task's data; ``evaluate`` measures it.
 
-Data flows one way: data set -> batches -> jitted ``train_step`` -> metrics / checkpoints. Every
-epoch ends with an evaluation on the held-out split, a row in ``metrics.jsonl`` and a checkpoint;
-``checkpoint_every`` adds checkpoints inside an epoch. A run resumed from any checkpoint ends with
-the same parameters and metrics as an uninterrupted one: the data order, the augmentation and the
-dropout keys are all functions of (seed, epoch, step), never of wall-clock or thread timing.
+Data flow: a :class:`~jaxvision.data.Source` of examples -> batches -> the one jitted
+``train_step`` -> metric pairs / checkpoints. Every epoch ends with an evaluation on the held-out
+split, a row in ``metrics.jsonl`` and a checkpoint; ``checkpoint_every`` adds checkpoints inside
+an epoch. A run resumed from any checkpoint ends with the same parameters and metrics as an
+uninterrupted one: the data order, the augmentation and the random keys are all functions of
+(seed, epoch, step), never of wall-clock or thread timing.
+
+What the loop trains for is a :class:`~jaxvision.tasks.Task`: by default the task the model is
+registered with (``jaxvision.tasks.prepare`` builds it and its data from the configuration); any
+other task and data can be handed to :func:`fit`. The loop only sees metric pairs by name.
+
+Metrics stay on the device while the steps run (the pairs are summed there) and are copied to the
+host every ``log_every`` steps, before a checkpoint and at the end of an epoch, so the host never
+waits for the device after each step. A non-finite loss is noticed at those points; it stops the
+run before anything after the last good checkpoint is saved.
 
 Devices: batches are sharded along the "data" axis of a mesh of all devices and the state is
 replicated (or, with ``fsdp=True``, large parameters and their optimizer state are sharded too);
@@ -27,13 +37,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.data import BatchLoader, DatasetError, load_dataset, steps_per_epoch
-from jaxvision.registry import create_model, model_info
+from jaxvision import tasks
+from jaxvision.data import BatchLoader, DatasetError, Source, steps_per_epoch
+from jaxvision.errors import ConfigError
+from jaxvision.registry import build_model
+from jaxvision.tasks.base import Task, summarize
 from jaxvision.train import checkpoint as ckpt
 from jaxvision.train import distributed
-from jaxvision.train.metrics import add_sums, summarize
+from jaxvision.train.finetune import init_from
 from jaxvision.train.optim import make_optimizer, warmup_cosine_schedule
-from jaxvision.train.state import TrainState, create_train_state
+from jaxvision.train.state import TrainState, create_train_state, init_variables
 from jaxvision.train.steps import eval_step, train_step
 
 
@@ -54,75 +67,42 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
     clip_norm: float | None = 1.0
     ema_decay: float = 0.0
     image_size: int | None = None
     seed: int = 0
     output_dir: str | None = None
     resume: bool = False
+    init_from: str | None = None  # fine-tune: load the matching parameters of this checkpoint
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Options of the model's task, e.g. classification's label_smoothing, augment and
+    # crop_min_scale (see jaxvision.tasks.classification.prepare).
+    task_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     dtype: str = "float32"
-    augment: str | None = None  # None: "crop" for digits (not mirror-symmetric), else "crop-flip"
-    # Smallest area fraction of a random resized crop; None: 0.7 for digits (a tighter crop cuts
-    # strokes off and changes the digit), 0.08 (Inception / torchvision) otherwise.
-    crop_min_scale: float | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end of each epoch
     keep_checkpoints: int = 3
     skip_bad_images: bool = False
     fsdp: bool = False
     progress: bool = True
+    log_every: int = 10  # steps between copies of the running metrics to the host
     max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
 
     def validate(self) -> None:
-        for field in ("epochs", "batch_size"):
+        for field in ("epochs", "batch_size", "log_every"):
             if getattr(self, field) < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"--{field.replace('_', '-')} must be >= 1, got {getattr(self, field)}"
                 )
         if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"--image-size must be >= 8, got {self.image_size}")
-        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
-            raise ValueError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
+            raise ConfigError(f"--image-size must be >= 8, got {self.image_size}")
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.resume and not self.output_dir:
-            raise ValueError("--resume needs --output-dir (the run to continue)")
-
-
-def build_model(
-    name: str, num_classes: int, image_size: int | None, model_args: dict[str, Any], dtype: str
-):
-    """``create_model`` plus the image size and compute dtype, for models that take them."""
-    overrides = dict(model_args)
-    if dtype == "bfloat16":
-        overrides["dtype"] = jnp.bfloat16
-    model = create_model(name, num_classes=num_classes, **overrides)
-    size = image_size or model_info(name).resolution
-    fields = {f.name for f in dataclasses.fields(model)}
-    if "image_size" in fields and "image_size" not in model_args:
-        model = model.clone(image_size=size)
-    return model, size
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def run_header(config: TrainConfig, image_size: int, class_names: list[str]) -> dict[str, Any]:
-    return {
-        "model": config.model,
-        "num_classes": len(class_names),
-        "class_names": class_names,
-        "image_size": image_size,
-        "model_args": config.model_args,
-        "dtype": config.dtype,
-        "config": {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()},
-    }
+            raise ConfigError("--resume needs --output-dir (the run to continue)")
 
 
 def _log(msg: str) -> None:
@@ -143,57 +123,146 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
     )
 
 
+@jax.jit
+def _add_pairs(a: Any, b: Any) -> Any:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _accumulate(sums: Any, metrics: Any) -> Any:
+    """Running ``{name: (sum, count)}`` on the device: no copy to the host per step."""
+    return metrics if sums is None else _add_pairs(sums, metrics)
+
+
+def _host_pairs(sums: Any) -> dict[str, list[float]]:
+    """The running pairs as host floats (float32 values, exactly as on the device)."""
+    return {
+        k: [float(np.float32(s)), float(np.float32(c))]
+        for k, (s, c) in jax.device_get(sums).items()
+    }
+
+
+def _device_pairs(saved: dict[str, list[float]] | None) -> Any:
+    if not saved:
+        return None
+    return {k: (jnp.float32(s), jnp.float32(c)) for k, (s, c) in saved.items()}
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
 def evaluate(
     state: TrainState,
+    task: Task,
     loader: BatchLoader,
     batch_size: int,
     *,
     mesh: jax.sharding.Mesh | None = None,
     eval_fn: Any = None,
+    use_ema: bool = False,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 over every example of ``loader``'s data set (none dropped)."""
+    """The task's metrics over every example of ``loader``'s source (none dropped, padding never
+    counted): the means of its metric pairs, plus its host-side evaluator's results."""
     mesh = mesh or distributed.make_mesh()
-    eval_fn = eval_fn or jax.jit(eval_step)
+    eval_fn = eval_fn or jax.jit(functools.partial(eval_step, task=task, use_ema=use_ema))
+    evaluator = task.evaluator()
     sums = None
-    n = len(loader.dataset)
+    n = len(loader.source)
     shard = distributed.process_shard()
     with _progress(math.ceil(n / batch_size), 0, "eval", progress) as bar:
         for batch in loader.eval_batches(batch_size, shard=shard):
             batch = distributed.shard_batch(batch, mesh)
-            sums = add_sums(sums, jax.device_get(eval_fn(state, batch)))
+            metrics, predictions = eval_fn(state, batch)
+            sums = _accumulate(sums, metrics)
+            if evaluator is not None:
+                evaluator.update(distributed.to_host(predictions), distributed.to_host(batch))
             bar.update(1)
-    return summarize(sums)
+    result = summarize(jax.device_get(sums))
+    if evaluator is not None:
+        result.update(evaluator.result())
+    return task.ordered(result)
 
 
-def fit(config: TrainConfig) -> dict[str, Any]:
-    """Train ``config.model`` on ``config.data``; returns the final held-out metrics."""
-    t0 = time.perf_counter()
+# ------------------------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything ``fit`` sets up once: the model, its data, the jitted steps, where it stands."""
+
+    config: TrainConfig
+    task: Task
+    train_loader: BatchLoader
+    eval_loader: BatchLoader
+    state: TrainState
+    schedule: Any
+    mesh: Any
+    step_fn: Any
+    eval_fn: Any
+    step_rng: jax.Array
+    header: dict[str, Any]
+    steps_per_epoch: int
+    eval_batch: int
+    out: Path | None
+    start_epoch: int = 0
+    start_batch: int = 0
+    resumed_sums: dict[str, list[float]] | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def ckpt_dir(self) -> Path | None:
+        return self.out / "checkpoints" if self.out else None
+
+    def save(self, epoch: int, batch: int, sums: dict[str, list[float]] | None = None) -> None:
+        # Inside an epoch the running train-metric sums are saved too, so the epoch's row in
+        # metrics.jsonl is the same whether or not the run was interrupted.
+        if self.ckpt_dir is None:
+            return
+        extra = {"epoch": epoch, "batch": batch, "train_sums": sums}
+        ckpt.save_checkpoint(
+            self.ckpt_dir, self.state, {**self.header, **extra}, keep=self.config.keep_checkpoints
+        )
+
+
+def _run_header(config: TrainConfig, task: Task, image_size: int) -> dict[str, Any]:
+    jsonable = lambda v: list(v) if isinstance(v, tuple) else v
+    return {
+        "model": config.model,
+        **task.header(),
+        "image_size": image_size,
+        "model_args": config.model_args,
+        "dtype": config.dtype,
+        "config": {k: jsonable(v) for k, v in dataclasses.asdict(config).items()},
+    }
+
+
+def _setup(
+    config: TrainConfig, task: Task | None, train_data: Source | None, eval_data: Source | None
+) -> _Run:
     config.validate()
-    train_ds = load_dataset(config.data, "train", skip_bad_images=config.skip_bad_images)
-    test_ds = load_dataset(config.data, "test", skip_bad_images=config.skip_bad_images)
-    for ds in (train_ds, test_ds):
-        if getattr(ds, "skipped", 0):
-            _log(f"skipped {ds.skipped} undecodable image(s) in {ds.name}")
-    info = model_info(config.model)
+    if task is None:
+        if train_data is not None or eval_data is not None:
+            raise ConfigError("data sources were given without the task they are for")
+        from jaxvision.registry import model_info
+
+        size = config.image_size or model_info(config.model).resolution
+        task, train_data, eval_data = tasks.prepare(config, size)
+    elif train_data is None or eval_data is None:
+        raise ConfigError("a task needs both its train and its held-out data sources")
     model, size = build_model(
-        config.model, train_ds.num_classes, config.image_size, config.model_args, config.dtype
+        config.model,
+        image_size=config.image_size,
+        dtype=config.dtype,
+        model_args={**task.model_args(), **config.model_args},
     )
     mesh = distributed.make_mesh()
-    global_batch = config.batch_size
-    distributed.check_batch_size(global_batch, mesh)
-    eval_batch = config.eval_batch_size or global_batch
+    distributed.check_batch_size(config.batch_size, mesh)
+    eval_batch = config.eval_batch_size or config.batch_size
     distributed.check_batch_size(eval_batch, mesh)
-    n_steps = steps_per_epoch(len(train_ds), global_batch)
-    total_steps = n_steps * config.epochs
-    digits = config.data == "digits"
-    augment = config.augment or ("crop" if digits else "crop-flip")
-    crop_scale = (config.crop_min_scale or (0.7 if digits else 0.08), 1.0)
-    common = dict(image_size=size, preprocessing=info.preprocessing)
-    train_loader = BatchLoader(train_ds, augment=augment, crop_scale=crop_scale, **common)
-    test_loader = BatchLoader(test_ds, augment="none", **common)
-
-    schedule = warmup_cosine_schedule(config.lr, total_steps, int(config.warmup_epochs * n_steps))
+    n_steps = steps_per_epoch(len(train_data), config.batch_size)
+    schedule = warmup_cosine_schedule(
+        config.lr, n_steps * config.epochs, int(config.warmup_epochs * n_steps)
+    )
     tx = make_optimizer(
         config.optimizer,
         schedule,
@@ -203,117 +272,182 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         clip_norm=config.clip_norm,
     )
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-    state = create_train_state(model, tx, rng=init_rng, image_size=size, ema_decay=config.ema_decay)
-    header = run_header(config, size, train_ds.class_names)
-
-    out = Path(config.output_dir) if config.output_dir else None
-    ckpt_dir = out / "checkpoints" if out else None
-    start_epoch, start_batch, resumed_sums = 0, 0, None
-    if config.resume:
-        path = ckpt.latest_checkpoint(ckpt_dir)
-        if path is None:
-            _log(f"no checkpoint in {ckpt_dir}; starting from scratch")
-        else:
-            state, saved = ckpt.restore_state(path, state, model=config.model)
-            start_epoch, start_batch = saved["epoch"], saved["batch"]
-            resumed_sums = saved.get("train_sums")
-            _log(f"resumed from {path} (epoch {start_epoch + 1}, batch {start_batch})")
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(out / "metrics.jsonl", start_epoch)
-
-    state = distributed.place_state(state, mesh, fsdp=config.fsdp)
-    step_fn = jax.jit(
-        functools.partial(train_step, label_smoothing=config.label_smoothing), donate_argnums=0
-    )
-    eval_fn = jax.jit(eval_step)
-
-    def save(epoch: int, batch: int, sums: dict[str, float] | None = None) -> None:
-        # Inside an epoch the running train-metric sums are saved too, so the epoch's row in
-        # metrics.jsonl is the same whether or not the run was interrupted.
-        if ckpt_dir is not None and distributed.is_main_process():
-            extra = {"epoch": epoch, "batch": batch, "train_sums": sums}
-            ckpt.save_checkpoint(ckpt_dir, state, {**header, **extra}, keep=config.keep_checkpoints)
-
-    final: dict[str, Any] = {}
-    history = _read_metrics(out / "metrics.jsonl") if out else []
-    steps_done = start_epoch * n_steps + start_batch
-    shard = distributed.process_shard()
+    inputs = task.model_inputs(task.example_batch(1))
     try:
-        for epoch in range(start_epoch, config.epochs):
-            first = start_batch if epoch == start_epoch else 0
-            sums = resumed_sums if epoch == start_epoch and first else None
-            position = first
-            with _progress(
-                n_steps, first, f"epoch {epoch + 1}/{config.epochs}", config.progress
-            ) as bar:
-                batches = train_loader.train_epoch(
-                    config.seed, epoch, global_batch, first, shard=shard
-                )
-                for position, batch in enumerate(batches, start=first + 1):
-                    batch = distributed.shard_batch(batch, mesh)
-                    new_state, metrics = step_fn(state, batch, step_rng)
-                    metrics = jax.device_get(metrics)
-                    loss = float(metrics["loss_sum"]) / max(float(metrics["count"]), 1.0)
-                    if not math.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"loss became {loss} at epoch {epoch + 1}, step {position}; stopping "
-                            f"(lower --lr or enable --clip-norm); the last good checkpoint is kept"
-                        )
-                    state = new_state
-                    steps_done += 1
-                    sums = add_sums(sums, metrics)
-                    running = summarize(sums)
-                    bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['top1']:.3f}")
-                    bar.update(1)
-                    if position < n_steps and (
-                        (config.checkpoint_every and position % config.checkpoint_every == 0)
-                        or steps_done == config.max_steps
-                    ):
-                        save(epoch, position, sums)
-                    if steps_done == config.max_steps:
-                        break
-            if position < n_steps:  # stopped inside the epoch by max_steps
-                final = evaluate(state, test_loader, eval_batch, mesh=mesh, eval_fn=eval_fn)
-                break
-            train_metrics = summarize(sums) if sums else {}
-            final = evaluate(state, test_loader, eval_batch, mesh=mesh, eval_fn=eval_fn)
-            row = {
-                "epoch": epoch + 1,
-                "step": int(jax.device_get(state.step)),
-                "lr": float(schedule(int(jax.device_get(state.step)))),
-                **{f"train_{k}": v for k, v in train_metrics.items() if k != "count"},
-                **{f"eval_{k}": v for k, v in final.items() if k != "count"},
-            }
-            history.append(row)
-            _log(
-                f"epoch {epoch + 1}/{config.epochs}: "
-                f"train loss {row.get('train_loss', float('nan')):.4f} "
-                f"top1 {row.get('train_top1', float('nan')):.4f} | eval loss {final['loss']:.4f} "
-                f"top1 {final['top1']:.4f} top5 {final['top5']:.4f}"
+        variables = init_variables(model, init_rng, inputs)
+    except ValueError as e:  # the model refuses its configuration (size, model arguments)
+        raise ConfigError(f"{config.model} cannot be built as configured: {e}") from None
+    out = Path(config.output_dir) if config.output_dir else None
+    resume_from = None
+    if config.resume:
+        resume_from = ckpt.latest_checkpoint(out / "checkpoints")
+        if resume_from is None:
+            _log(f"no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    if config.init_from and resume_from is None:
+        variables, report = init_from(config.init_from, variables, model=config.model)
+        for line in report.lines():
+            _log(line)
+    state = create_train_state(
+        model, tx, rng=init_rng, variables=variables, ema_decay=config.ema_decay
+    )
+    state = distributed.place_state(state, mesh, fsdp=config.fsdp)
+    if config.fsdp:
+        sharded, total = distributed.count_sharded(state.params)
+        _log(
+            f"fsdp: {sharded} of {total} parameter arrays sharded over {mesh.devices.size} devices"
+        )
+
+    run = _Run(
+        config=config,
+        task=task,
+        train_loader=BatchLoader(train_data),
+        eval_loader=BatchLoader(eval_data),
+        state=state,
+        schedule=schedule,
+        mesh=mesh,
+        step_fn=jax.jit(functools.partial(train_step, task=task), donate_argnums=0),
+        eval_fn=jax.jit(functools.partial(eval_step, task=task.for_evaluation())),
+        step_rng=step_rng,
+        header=_run_header(config, task, size),
+        steps_per_epoch=n_steps,
+        eval_batch=eval_batch,
+        out=out,
+    )
+    if resume_from is not None:
+        run.state, saved = ckpt.restore_state(resume_from, run.state, model=config.model)
+        run.start_epoch, run.start_batch = saved["epoch"], saved["batch"]
+        run.resumed_sums = saved.get("train_sums")
+        _log(f"resumed from {resume_from} (epoch {run.start_epoch + 1}, batch {run.start_batch})")
+    if out:
+        if distributed.is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            _truncate_metrics(out / "metrics.jsonl", run.start_epoch)
+        run.history = _read_metrics(out / "metrics.jsonl")
+    return run
+
+
+# ---------------------------------------------------------------------------------- one epoch
+
+
+def _check_finite(pairs: dict[str, list[float]], epoch: int, first: int, last: int) -> None:
+    loss = pairs["loss"][0] / max(pairs["loss"][1], 1.0)
+    if not math.isfinite(loss):
+        where = f"step {last}" if first == last else f"steps {first}-{last}"
+        raise NonFiniteLossError(
+            f"loss became {loss} at epoch {epoch + 1}, {where}; stopping (lower --lr or enable "
+            "--clip-norm); the last good checkpoint is kept"
+        )
+
+
+def _postfix(task: Task, means: dict[str, float]) -> dict[str, str]:
+    return {k: f"{means[k]:.3f}" for k in task.progress_metrics if k in means}
+
+
+def _train_epoch(run: _Run, epoch: int, steps_done: int) -> tuple[int, int, dict[str, float]]:
+    """Train one epoch (or up to ``max_steps``); returns (steps done, position in the epoch,
+    the epoch's mean train metrics)."""
+    config, n_steps = run.config, run.steps_per_epoch
+    first = run.start_batch if epoch == run.start_epoch else 0
+    sums = _device_pairs(run.resumed_sums) if epoch == run.start_epoch and first else None
+    checked = first  # the last position whose loss is known to be finite
+    position = first
+    shard = distributed.process_shard()
+    with _progress(n_steps, first, f"epoch {epoch + 1}/{config.epochs}", config.progress) as bar:
+        batches = run.train_loader.train_epoch(
+            config.seed, epoch, config.batch_size, first, shard=shard
+        )
+        for position, batch in enumerate(batches, start=first + 1):
+            batch = distributed.shard_batch(batch, run.mesh)
+            run.state, metrics = run.step_fn(run.state, batch, run.step_rng)
+            sums = _accumulate(sums, metrics)
+            steps_done += 1
+            bar.update(1)
+            last = position == n_steps or steps_done == config.max_steps
+            save_here = not last and (
+                config.checkpoint_every and position % config.checkpoint_every == 0
             )
-            if out and distributed.is_main_process():
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            save(epoch + 1, 0)
+            if save_here or last or position % config.log_every == 0:
+                pairs = _host_pairs(sums)  # the one place the host waits for the device
+                _check_finite(pairs, epoch, checked + 1, position)
+                checked = position
+                bar.set_postfix(_postfix(run.task, summarize(pairs)))
+                if save_here:
+                    run.save(epoch, position, pairs)
             if steps_done == config.max_steps:
                 break
+    if position < n_steps and sums is not None and run.ckpt_dir is not None:
+        run.save(epoch, position, _host_pairs(sums))  # stopped inside the epoch by max_steps
+    means = run.task.ordered(summarize(_host_pairs(sums))) if sums is not None else {}
+    return steps_done, position, means
+
+
+def _log_epoch(run: _Run, epoch: int, train: dict[str, float], held_out: dict[str, float]) -> None:
+    step = int(jax.device_get(run.state.step))
+    row = {
+        "epoch": epoch + 1,
+        "step": step,
+        "lr": float(run.schedule(step)),
+        **{f"train_{k}": v for k, v in train.items()},
+        **{f"eval_{k}": v for k, v in held_out.items()},
+    }
+    run.history.append(row)
+    fmt = lambda metrics: " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    _log(f"epoch {epoch + 1}/{run.config.epochs}: train {fmt(train)} | eval {fmt(held_out)}")
+    if run.out and distributed.is_main_process():
+        with open(run.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+# -------------------------------------------------------------------------------------- fit
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    task: Task | None = None,
+    train_data: Source | None = None,
+    eval_data: Source | None = None,
+) -> dict[str, Any]:
+    """Train ``config.model``; returns the final held-out metrics, ``"model"``, ``"epochs"``,
+    ``"seconds"`` and the trained ``"state"``.
+
+    Without ``task``, the model's registered task is trained on ``config.data``; otherwise on the
+    given sources of examples (see :mod:`jaxvision.tasks.base`).
+    """
+    t0 = time.perf_counter()
+    run = _setup(config, task, train_data, eval_data)
+    final: dict[str, float] = {}
+    steps_done = run.start_epoch * run.steps_per_epoch + run.start_batch
+    measure = lambda: evaluate(
+        run.state, run.task, run.eval_loader, run.eval_batch, mesh=run.mesh, eval_fn=run.eval_fn
+    )
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            steps_done, position, train_metrics = _train_epoch(run, epoch, steps_done)
+            final = measure()
+            if position < run.steps_per_epoch:  # stopped inside the epoch by max_steps
+                break
+            _log_epoch(run, epoch, train_metrics, final)
+            run.save(epoch + 1, 0)
+            if steps_done == config.max_steps:
+                break
+        if not final:  # resumed a finished run: measure it again
+            final = measure()
     finally:
-        train_loader.close()
-        test_loader.close()
-    if not final:  # resumed a finished run: measure it again
-        final = evaluate(state, test_loader, eval_batch, mesh=mesh, eval_fn=eval_fn)
-    if out and distributed.is_main_process():
-        plot_curves(history, out / "curves.png")
+        run.train_loader.close()
+        run.eval_loader.close()
+    if run.out and distributed.is_main_process():
+        plot_curves(run.history, run.out / "curves.png")
     return {
         "model": config.model,
-        "top1": final["top1"],
-        "top5": final["top5"],
-        "loss": final["loss"],
+        **final,
         "epochs": config.epochs,
         "seconds": round(time.perf_counter() - t0, 2),
-        "state": state,
+        "state": run.state,
     }
+
+
+# ------------------------------------------------------------------------- metrics on disk
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -337,7 +471,8 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
-    """Learning curves (loss and top-1 per epoch) as a PNG, when matplotlib is installed."""
+    """Learning curves as a PNG, one panel per metric the task reports (train and held-out), when
+    matplotlib is installed."""
     if not history:
         return False
     try:
@@ -347,15 +482,15 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    names = [k[len("eval_") :] for k in history[-1] if k.startswith("eval_")]
+    if not names:
+        return False
     epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for key, label in (("train_loss", "train"), ("eval_loss", "held-out")):
-        ax1.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=label)
-    for key, label in (("train_top1", "train"), ("eval_top1", "held-out")):
-        ax2.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=label)
-    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax2.set(xlabel="epoch", ylabel="top-1", title="top-1 accuracy", ylim=(0, 1))
-    for ax in (ax1, ax2):
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for key, label in ((f"train_{name}", "train"), (f"eval_{name}", "held-out")):
+            ax.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=label)
+        ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -366,4 +501,4 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-__all__ = ["DatasetError", "NonFiniteLossError", "TrainConfig", "build_model", "evaluate", "fit"]
+__all__ = ["DatasetError", "NonFiniteLossError", "TrainConfig", "evaluate", "fit"]

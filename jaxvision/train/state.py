@@ -13,7 +13,7 @@ from flax.training import train_state
 
 
 class TrainState(train_state.TrainState):
-    """``flax.training.train_state.TrainState`` plus what image classifiers need.
+    """``flax.training.train_state.TrainState`` plus BatchNorm statistics and an EMA.
 
     ``batch_stats`` is an empty dict for models without BatchNorm. ``ema_params`` is ``None``
     unless ``ema_decay > 0``; then it tracks ``decay * ema + (1 - decay) * params`` after every
@@ -41,10 +41,11 @@ class TrainState(train_state.TrainState):
         return variables
 
 
-def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[str, Any]:
-    """Initialise ``model`` on a dummy (1, size, size, 3) batch."""
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return jax.jit(lambda key: model.init({"params": key}, dummy, train=False))(rng)
+def init_variables(model: nn.Module, rng: jax.Array, inputs: tuple[Any, ...]) -> dict[str, Any]:
+    """Initialise ``model`` on example ``inputs`` (``task.model_inputs(task.example_batch())``)."""
+    return jax.jit(lambda key, inputs: model.init({"params": key}, *inputs, train=False))(
+        rng, inputs
+    )
 
 
 def create_train_state(
@@ -52,15 +53,18 @@ def create_train_state(
     tx: optax.GradientTransformation,
     *,
     rng: jax.Array,
-    image_size: int,
+    inputs: tuple[Any, ...] | None = None,
     ema_decay: float = 0.0,
     variables: dict[str, Any] | None = None,
 ) -> TrainState:
-    """A fresh TrainState (or one around given ``variables``, e.g. converted weights)."""
+    """A fresh TrainState initialised on example ``inputs``, or one around given ``variables``
+    (converted weights, a fine-tuning start)."""
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     if variables is None:
-        variables = init_variables(model, rng, image_size)
+        if inputs is None:
+            raise ValueError("create_train_state needs example inputs or variables")
+        variables = init_variables(model, rng, inputs)
     params = variables["params"]
     state = TrainState.create(
         apply_fn=model.apply,

@@ -109,16 +109,21 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise WeightConversionError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as e:
+            raise WeightConversionError(
+                "reading .safetensors files needs safetensors: pip install 'jaxvision[safetensors]'"
+            ) from e
 
         return dict(load_file(str(path)))
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
             import torch
         except ImportError as e:
-            raise ImportError(
+            raise WeightConversionError(
                 f"reading {path.suffix} files needs torch: pip install 'jaxvision[reference]'"
             ) from e
         obj = torch.load(str(path), map_location="cpu", weights_only=False)

@@ -17,8 +17,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jaxvision.errors import UserError
 
-class WeightConversionError(ValueError):
+
+class WeightConversionError(UserError, ValueError):
     """A state dict does not fit the model: the message lists what is missing or wrong."""
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from jaxvision.data import (
     BatchLoader,
+    ClassificationSource,
     DatasetError,
     eval_transform,
     load_dataset,
@@ -23,6 +24,10 @@ from jaxvision.registry import Preprocessing
 PRE = Preprocessing(
     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_fraction=0.875, interpolation="bilinear"
 )
+
+
+def _loader(ds, augment):
+    return BatchLoader(ClassificationSource(ds, image_size=16, preprocessing=PRE, augment=augment))
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
@@ -140,7 +145,7 @@ def test_random_resized_crop_box_stays_inside(width, height, seed, s0, s1):
 
 def test_eval_batches_cover_every_example_once_with_padding_masked():
     ds = load_dataset("digits", "test")
-    loader = BatchLoader(ds, image_size=16, preprocessing=PRE, augment="none")
+    loader = _loader(ds, augment="none")
     batches = list(loader.eval_batches(64))
     assert [len(b["label"]) for b in batches] == [64] * 6
     mask = np.concatenate([b["mask"] for b in batches])
@@ -150,9 +155,17 @@ def test_eval_batches_cover_every_example_once_with_padding_masked():
     loader.close()
 
 
+def test_an_empty_slice_of_the_last_batch_is_all_padding():
+    loader = _loader(load_dataset("digits", "test"), augment="none")
+    batch = loader.eval_batch(np.arange(0), 4)  # a host with no example left in the last batch
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].dtype == np.int32
+    assert not batch["mask"].any()
+    loader.close()
+
+
 def test_train_batches_are_a_function_of_seed_epoch_and_index():
     ds = load_dataset("digits", "train")
-    loader = BatchLoader(ds, image_size=16, preprocessing=PRE, augment="crop-flip")
+    loader = _loader(ds, augment="crop-flip")
     a = list(loader.train_epoch(seed=3, epoch=1, batch_size=100))
     b = list(loader.train_epoch(seed=3, epoch=1, batch_size=100, start=5))
     assert len(a) == 14 and len(b) == 9
@@ -170,7 +183,7 @@ def test_batch_larger_than_the_data_set_is_an_error():
 
 def test_each_host_makes_exactly_its_slice_of_the_global_batch():
     ds = load_dataset("digits", "train")
-    loader = BatchLoader(ds, image_size=16, preprocessing=PRE, augment="crop-flip")
+    loader = _loader(ds, augment="crop-flip")
     full = next(loader.train_epoch(seed=0, epoch=0, batch_size=64))
     halves = [
         next(loader.train_epoch(seed=0, epoch=0, batch_size=64, shard=(i, 2))) for i in range(2)

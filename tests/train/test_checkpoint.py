@@ -8,14 +8,21 @@ import pytest
 
 from jaxvision import create_model
 from jaxvision.train import checkpoint as ckpt
-from jaxvision.train import create_train_state, make_optimizer, train_step
+from jaxvision.tasks import ClassificationTask
+from jaxvision.train import create_train_state, make_optimizer, steps
+
+TASK = ClassificationTask(num_classes=10, image_size=16)
+
+
+def train_step(state, batch, rng):
+    return steps.train_step(state, batch, rng, task=TASK)
 
 
 def _state(tiny, seed=0, features=16):
     model = create_model(tiny, num_classes=10, features=features)
-    return create_train_state(
-        model, make_optimizer("adamw", 1e-3), rng=jax.random.key(seed), image_size=16, ema_decay=0.9
-    )
+    inputs = TASK.model_inputs(TASK.example_batch(1))
+    tx = make_optimizer("adamw", 1e-3)
+    return create_train_state(model, tx, rng=jax.random.key(seed), inputs=inputs, ema_decay=0.9)
 
 
 def _batch():
@@ -44,8 +51,8 @@ def test_keeps_only_the_newest(tiny, tmp_path):
         state, _ = train_step(state, _batch(), jax.random.key(0))
         ckpt.save_checkpoint(tmp_path, state, {"model": tiny}, keep=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
-        "ckpt_000000003.jvc",
-        "ckpt_000000004.jvc",
+        "ckpt_000000003",
+        "ckpt_000000004",
     ]
 
 
@@ -55,25 +62,38 @@ def test_corrupt_newest_falls_back_to_previous(tiny, tmp_path):
     for _ in range(2):
         state, _ = train_step(state, _batch(), jax.random.key(0))
         paths.append(ckpt.save_checkpoint(tmp_path, state, {"model": tiny}))
-    data = bytearray(paths[1].read_bytes())
+    shard = paths[1] / "shards-00000.msgpack"
+    data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF  # flip bits in the payload
-    paths[1].write_bytes(bytes(data))
+    shard.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match="checksum"):
-        ckpt.read_checkpoint(paths[1])
+        ckpt.load_checkpoint(paths[1])
     with pytest.warns(UserWarning, match="falling back"):
         assert ckpt.latest_checkpoint(tmp_path) == paths[0]
 
 
-def test_truncated_file_and_leftover_temporary_are_ignored(tiny, tmp_path):
+def test_incomplete_checkpoint_and_leftover_temporary_are_ignored(tiny, tmp_path):
     state = _state(tiny)
     good = ckpt.save_checkpoint(tmp_path, state, {"model": tiny})
-    (tmp_path / ".tmp-ckpt-abc.partial").write_bytes(b"half a checkpoint")  # a crash mid-write
-    bad = tmp_path / "ckpt_000000009.jvc"
-    bad.write_bytes(good.read_bytes()[:100])  # truncated
-    with pytest.warns(UserWarning):
+    (tmp_path / ".tmp-ckpt_000000005").mkdir()  # a crash while the shards were being written
+    (tmp_path / ".tmp-ckpt_000000005" / "shards-00000.msgpack").write_bytes(b"half")
+    bad = tmp_path / "ckpt_000000009"  # a folder without its manifest
+    bad.mkdir()
+    (bad / "shards-00000.msgpack").write_bytes(b"x")
+    with pytest.warns(UserWarning, match="no manifest.json"):
         assert ckpt.latest_checkpoint(tmp_path) == good
+    ckpt.save_checkpoint(tmp_path, state, {"model": tiny})  # the next save clears temporaries
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_weights_file_round_trip_and_random_bytes(tiny, tmp_path):
+    state = _state(tiny)
+    path = ckpt.save_variables(tmp_path / "w.jvc", state.variables(), {"model": tiny})
+    header, saved = ckpt.load_checkpoint(path)
+    assert header["model"] == tiny and _equal(saved["params"], state.params)
+    (tmp_path / "junk.jvc").write_bytes(b"half a checkpoint")
     with pytest.raises(ckpt.CheckpointError, match="not a jaxvision checkpoint"):
-        ckpt.read_checkpoint(tmp_path / ".tmp-ckpt-abc.partial")
+        ckpt.load_checkpoint(tmp_path / "junk.jvc")
 
 
 def test_checkpoint_of_another_model_is_refused(tiny, tmp_path):
@@ -103,4 +123,4 @@ def test_write_failure_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
     state, _ = train_step(state, _batch(), jax.random.key(0))
     with pytest.raises(OSError, match="disk full"):
         ckpt.save_checkpoint(tmp_path, state, {"model": tiny})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000.jvc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000000"]

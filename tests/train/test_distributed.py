@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import serialization
 
 from jaxvision.train import checkpoint as ckpt
 
@@ -49,8 +48,7 @@ def _train(args, env, timeout=600, model_script=True):
 
 
 def _final_params(out: Path):
-    _, payload = ckpt.read_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))
-    return serialization.msgpack_restore(payload)["params"]
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))[1]["params"]
 
 
 def _assert_close_trees(a, b, tol=2e-3):
@@ -176,7 +174,8 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(tmp_path):
     out = tmp_path / "cut"
     _train([*args, "--output-dir", str(out), "--max-steps", "6"], _env())
     newest = ckpt.list_checkpoints(out / "checkpoints")[-1]
-    newest.write_bytes(newest.read_bytes()[:-50])  # a damaged file under the newest name
+    shard = newest / "shards-00000.msgpack"
+    shard.write_bytes(shard.read_bytes()[:-50])  # a damaged file in the newest checkpoint
     proc = subprocess.run(
         [
             sys.executable,

@@ -39,14 +39,14 @@ def test_fit_writes_metrics_checkpoints_and_curves(tiny, tmp_path):
     assert 0.0 <= result["top5"] <= 1.0 and result["top5"] >= result["top1"]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
-    header, _ = ckpt.read_checkpoint(latest)
+    header = ckpt.read_header(latest)
     assert (header["epoch"], header["batch"], header["step"]) == (2, 0, 10)  # 1437 // 256 = 5 steps
 
 
 def test_resume_mid_epoch_equals_uninterrupted(tiny, tmp_path):
     full = fit(_config(tiny, tmp_path / "full", checkpoint_every=2))
     fit(_config(tiny, tmp_path / "cut", checkpoint_every=2, max_steps=7))  # stops in epoch 2
-    header, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "cut" / "checkpoints"))
+    header = ckpt.read_header(ckpt.latest_checkpoint(tmp_path / "cut" / "checkpoints"))
     assert (header["epoch"], header["batch"]) == (1, 2)
     resumed = fit(_config(tiny, tmp_path / "cut", checkpoint_every=2, resume=True))
     for a, b in zip(_params(full), _params(resumed), strict=True):
@@ -71,10 +71,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
         fit(cfg)
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
     assert latest is not None  # every saved checkpoint was written before the loss went bad
-    _, payload = ckpt.read_checkpoint(latest)
-    from flax import serialization
-
-    params = serialization.msgpack_restore(payload)["params"]
+    params = ckpt.load_checkpoint(latest)[1]["params"]
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
 
 

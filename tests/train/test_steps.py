@@ -11,25 +11,30 @@ import optax
 import pytest
 
 from jaxvision import create_model
+from jaxvision.tasks import ClassificationTask, summarize
+from jaxvision.tasks.classification import cross_entropy, topk_correct
 from jaxvision.train import (
     create_train_state,
-    cross_entropy,
-    eval_step,
     make_optimizer,
-    summarize,
-    topk_correct,
-    train_step,
     warmup_cosine_schedule,
     weight_decay_mask,
 )
-from jaxvision.train.metrics import add_sums
+from jaxvision.train import steps
+
+TASK = ClassificationTask(num_classes=10, image_size=16)
+train_step = functools.partial(steps.train_step, task=TASK)
+
+
+def eval_step(state, batch, **kw):
+    return steps.eval_step(state, batch, task=TASK, **kw)[0]
 
 
 def _state(tiny, *, lr=0.05, ema=0.0, seed=0, dtype=None, opt="sgd"):
     kw = {"dtype": dtype} if dtype is not None else {}
     model = create_model(tiny, num_classes=10, **kw)
     tx = make_optimizer(opt, lr, weight_decay=1e-4)
-    return create_train_state(model, tx, rng=jax.random.key(seed), image_size=16, ema_decay=ema)
+    inputs = TASK.model_inputs(TASK.example_batch(1))
+    return create_train_state(model, tx, rng=jax.random.key(seed), inputs=inputs, ema_decay=ema)
 
 
 def _batch(n=16, seed=1):
@@ -42,7 +47,8 @@ def _batch(n=16, seed=1):
 
 
 def _loss(metrics):
-    return float(metrics["loss_sum"] / metrics["count"])
+    total, count = metrics["loss"]
+    return float(total / count)
 
 
 def test_train_step_lowers_loss_on_a_fixed_batch(tiny):
@@ -76,7 +82,7 @@ def test_eval_is_deterministic(tiny):
 def test_train_step_compiles_once_for_repeated_shapes(tiny):
     state = _state(tiny)
     # A fresh callable, so compilations by other tests (which share train_step's cache) don't count.
-    step = jax.jit(functools.partial(train_step), donate_argnums=0)
+    step = jax.jit(functools.partial(steps.train_step, task=TASK), donate_argnums=0)
     for i in range(4):
         state, _ = step(state, _batch(seed=i), jax.random.key(0))
     assert step._cache_size() == 1
@@ -104,7 +110,7 @@ def test_masked_examples_do_not_affect_the_update(tiny):
     }
     m_small = eval_step(state, batch)
     m_padded = eval_step(state, garbage)
-    for k in ("loss_sum", "top1_sum", "top5_sum", "count"):
+    for k in ("loss", "top1", "top5"):
         np.testing.assert_allclose(m_small[k], m_padded[k], rtol=1e-5)
 
 
@@ -135,13 +141,13 @@ def test_cross_entropy_with_label_smoothing_by_hand():
     np.testing.assert_allclose(cross_entropy(logits, jnp.array([0])), [-np.log(p[0])], rtol=1e-6)
 
 
-def test_summarize_and_add_sums():
-    a = {"loss_sum": 2.0, "top1_sum": 1.0, "top5_sum": 2.0, "count": 2.0}
-    b = {"loss_sum": 1.0, "top1_sum": 1.0, "top5_sum": 1.0, "count": 1.0}
-    s = summarize(add_sums(add_sums(None, a), b))
-    assert s == {"loss": 1.0, "top1": 2 / 3, "top5": 1.0, "count": 3}
+def test_summarize_metric_pairs():
+    a = {"loss": (2.0, 2.0), "top1": (1.0, 2.0)}
+    b = {"loss": (1.0, 1.0), "top1": (1.0, 1.0)}
+    both = jax.tree.map(lambda x, y: x + y, a, b)
+    assert summarize(both) == {"loss": 1.0, "top1": 2 / 3}
     with pytest.raises(ValueError, match="no examples"):
-        summarize({"loss_sum": 0, "top1_sum": 0, "top5_sum": 0, "count": 0})
+        summarize({"loss": (0.0, 0.0)})
 
 
 def test_weight_decay_skips_biases_and_norm_scales(tiny):
@@ -192,7 +198,7 @@ def test_ema_tracks_the_parameters(tiny):
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     m = eval_step(new, batch, use_ema=True)
-    assert np.isfinite(float(m["loss_sum"]))
+    assert np.isfinite(float(m["loss"][0]))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny):
@@ -200,7 +206,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny):
     new, metrics = jax.jit(train_step)(state, batch, jax.random.key(0))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new.params))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new.batch_stats))
-    assert metrics["loss_sum"].dtype == jnp.float32
+    assert metrics["loss"][0].dtype == jnp.float32
     f32 = _state(tiny)
     np.testing.assert_allclose(
         _loss(metrics), _loss(jax.jit(train_step)(f32, batch, jax.random.key(0))[1]), rtol=0.05
@@ -210,7 +216,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny):
 def test_label_smoothing_is_passed_through(tiny):
     state, batch = _state(tiny), _batch()
     _, plain = train_step(state, batch, jax.random.key(0))
-    _, smooth = jax.jit(functools.partial(train_step, label_smoothing=0.3))(
+    smoothing = ClassificationTask(num_classes=10, image_size=16, label_smoothing=0.3)
+    _, smooth = jax.jit(functools.partial(steps.train_step, task=smoothing))(
         state, batch, jax.random.key(0)
     )
-    assert not np.isclose(float(plain["loss_sum"]), float(smooth["loss_sum"]))
+    assert not np.isclose(float(plain["loss"][0]), float(smooth["loss"][0]))
