@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -229,3 +230,53 @@ def test_convert_timm_checkpoint_then_predict(tmp_path, capsys):
     # Converted weights for 5 classes cannot evaluate the 10-class digits.
     code, _, err = _run(capsys, "eval", "vit_ti16", "--checkpoint", str(tmp_path / "vit.jvc"))
     assert code == 2 and "10 classes but the checkpoint was trained for 5" in err
+
+
+@pytest.mark.reference
+def test_init_from_a_converted_timm_vit_fine_tunes_with_a_new_head(tmp_path, capsys):
+    """A random timm ViT-Ti (5 classes) converted, then fine-tuned on digits (10 classes): every
+    array but the head is loaded, the head is re-initialised, and both lists are printed."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=32).eval()
+    safetensors_torch.save_file(ref.state_dict(), str(tmp_path / "vit.safetensors"))
+    convert = ["convert", "vit_ti16", "--input", str(tmp_path / "vit.safetensors")]
+    convert += ["--source", "timm", "--image-size", "32"]
+    assert _run(capsys, *convert, "--output", str(tmp_path / "vit.jvc"))[0] == 0
+
+    from jaxvision import create_model
+    from jaxvision.train import checkpoint as ckpt
+    from jaxvision.train import init_from, init_variables
+
+    model = create_model("vit_ti16", num_classes=10, image_size=32)
+    fresh = init_variables(model, jax.random.key(1), (np.zeros((1, 32, 32, 3), np.float32),))
+    merged, report = init_from(tmp_path / "vit.jvc", fresh, model="vit_ti16")
+    assert sorted(report.reinitialised) == ["params/head/bias", "params/head/kernel"]
+    assert len(report.loaded) == len(jax.tree.leaves(fresh)) - 2 and not report.unused
+    _, converted = ckpt.load_checkpoint(tmp_path / "vit.jvc")
+    np.testing.assert_array_equal(
+        merged["params"]["encoder_block3"]["mlp"]["fc1"]["kernel"],
+        converted["params"]["encoder_block3"]["mlp"]["fc1"]["kernel"],
+    )
+    np.testing.assert_array_equal(
+        merged["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"]
+    )
+
+    argv = ["train", "vit_ti16", "--init-from", str(tmp_path / "vit.jvc"), "--image-size", "32"]
+    argv += ["--batch-size", "32", "--epochs", "1", "--max-steps", "2", "--no-progress"]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert "loaded 150 arrays" in err and "re-initialised 2 arrays:" in err
+    assert "params/head/kernel (shape (192, 5) in the checkpoint, (192, 10) here)" in err
+    assert _last_json(out)["model"] == "vit_ti16"
+
+    # Converting the head away: a 10-class weights file evaluates on digits directly.
+    out_10 = tmp_path / "vit10.jvc"
+    assert _run(capsys, *convert, "--num-classes", "10", "--output", str(out_10))[0] == 0
+    code, out, err = _run(capsys, "eval", "vit_ti16", "--checkpoint", str(out_10), "--no-progress")
+    assert code == 0, err
+    assert _last_json(out)["epochs"] == 0
+    code, _, err = _run(capsys, "train", "yolov8n_cls", "--init-from", str(out_10), "--no-progress")
+    assert code == 2 and "is a checkpoint of 'vit_ti16', not of 'yolov8n_cls'" in err

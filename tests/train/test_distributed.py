@@ -34,7 +34,7 @@ def _env(devices: int | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def _train(args, env, timeout=600, model_script=True):
+def _train(args, env, timeout=600, model_script=True, stderr=None):
     cmd = (
         [sys.executable, SCRIPT, "train", "tiny_test_cnn"]
         if model_script
@@ -42,6 +42,8 @@ def _train(args, env, timeout=600, model_script=True):
     )
     proc = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(proc.stderr)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result.pop("seconds")
     return result
@@ -76,7 +78,10 @@ def test_eight_devices_and_fsdp_equal_one_device(tmp_path):
     args = [*BASE, "--epochs", "1", "--batch-size", "64", "--model-arg", "features=128"]
     one = _train([*args, "--output-dir", str(tmp_path / "one")], _env())
     eight = _train([*args, "--output-dir", str(tmp_path / "eight")], _env(8))
-    fsdp = _train([*args, "--fsdp", "--output-dir", str(tmp_path / "fsdp")], _env(8))
+    log = []
+    fsdp = _train([*args, "--fsdp", "--output-dir", str(tmp_path / "fsdp")], _env(8), stderr=log)
+    # The 3x3x128x128 convolution (147,456 weights) really is split over the 8 devices.
+    assert "fsdp: 1 of 8 parameter arrays sharded over 8 devices" in log[0]
     _assert_same_result(one, eight)
     _assert_same_result(one, fsdp)
     _assert_close_trees(_final_params(tmp_path / "one"), _final_params(tmp_path / "eight"))
@@ -144,6 +149,73 @@ def test_two_processes_equal_one_process(tmp_path):
         r.pop("seconds")
         _assert_same_result(single, r)
     _assert_close_trees(_final_params(tmp_path / "single"), _final_params(tmp_path / "multi"))
+
+
+def _two_processes(args, out, devices_each):
+    """Start ``tiny_model.py train`` as 2 processes joined by jax.distributed on loopback."""
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = _env(
+            devices_each,
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+        cmd = [sys.executable, SCRIPT, "train", "tiny_test_cnn", *args, "--distributed"]
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--output-dir", str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _finish(procs):
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    for r in results:
+        r.pop("seconds")
+    assert results[0] == results[1]
+    return results[0], outs[0][1]
+
+
+def test_two_hosts_of_four_devices_with_fsdp_save_are_killed_and_resume(tmp_path):
+    """Each process writes the FSDP shards its devices hold; SIGKILL of both mid-epoch, then
+    --resume on the same topology ends bit-identical to an uninterrupted run."""
+    args = [*BASE, "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4", "--fsdp",
+            "--model-arg", "features=128"]  # fmt: skip
+    full, log = _finish(_two_processes(args, tmp_path / "full", 4))
+    assert "fsdp: 1 of 8 parameter arrays sharded over 8 devices" in log
+    newest = ckpt.latest_checkpoint(tmp_path / "full" / "checkpoints")
+    assert sorted(p.name for p in newest.glob("shards-*")) == [
+        "shards-00000.msgpack",
+        "shards-00001.msgpack",
+    ]
+    out = tmp_path / "killed"
+    procs = _two_processes(args, out, 4)
+    deadline = time.time() + 300
+    # 1437 // 64 = 22 steps per epoch: kill both somewhere inside the second epoch.
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        steps = [int(p.name[5:14]) for p in ckpt.list_checkpoints(out / "checkpoints")]
+        if steps and max(steps) >= 28:
+            break
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), "the run finished before it could be killed"
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    resumed, log = _finish(_two_processes([*args, "--resume"], out, 4))
+    assert "resumed from" in log
+    assert resumed == full
+    _assert_close_trees(_final_params(tmp_path / "full"), _final_params(out), tol=0)
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
