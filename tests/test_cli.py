@@ -101,6 +101,15 @@ def test_summary_reports_layers_parameters_and_flops(capsys):
     assert "FLOPs/image:  0.405 G" in out  # reference: 405,172,224 (torch.utils.flop_counter)
 
 
+def test_summary_lists_layers_in_the_order_they_run(capsys):
+    code, out, _ = _run(capsys, "summary", "efficientnet_b0", "--depth", "1")
+    names = [line.split()[0] for line in out.split("\n\n")[0].splitlines()[2:]]
+    assert code == 0 and names[:3] == ["(model)", "stem", "stage1_block1"]
+    assert names[-3:] == ["head", "Dropout_0", "classifier"]
+    blocks = [n for n in names if n.startswith("stage")]
+    assert blocks == sorted(blocks, key=lambda n: tuple(int(d) for d in n[5:].split("_block")))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
