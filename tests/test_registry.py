@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxvision
+from jaxvision import registry as _registry
 from jaxvision.analysis import abstract_variables, count_params
 
 # Trainable parameters at 1000 classes, as measured with the reference implementations
@@ -88,6 +90,65 @@ def test_bad_override_and_num_classes():
         jaxvision.create_model("vit_ti16", no_such_field=3)
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):
         jaxvision.create_model("vit_ti16", num_classes=0)
+
+
+# The classifiers' top-level variable names, recorded before the backbones became modules of
+# their own (they share the classifier's scope): checkpoints and weight converters rely on them.
+_EFFICIENTNET_B0_BLOCKS = [
+    f"stage{stage}_block{block}"
+    for stage, blocks in enumerate([1, 2, 2, 3, 3, 4, 1], start=1)
+    for block in range(1, blocks + 1)
+]
+TOP_LEVEL = {
+    "efficientnet_b0": ["stem", *_EFFICIENTNET_B0_BLOCKS, "head", "classifier"],
+    "yolov8n_cls": [
+        "stem",
+        "stage2_down",
+        "stage2_c2f",
+        "stage3_down",
+        "stage3_c2f",
+        "stage4_down",
+        "stage4_c2f",
+        "stage5_down",
+        "stage5_c2f",
+        "head",
+    ],
+    "vit_ti16": [
+        "patch_embed",
+        "class_token",
+        "pos_embed",
+        *(f"encoder_block{i}" for i in range(12)),
+        "encoder_norm",
+        "head",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOP_LEVEL))
+def test_classifier_top_level_names_are_unchanged(name):
+    model = jaxvision.create_model(name)
+    variables = abstract_variables(model, jaxvision.model_info(name).resolution)
+    assert sorted(variables["params"]) == sorted(TOP_LEVEL[name])
+    with_batch_norm = [k for k in TOP_LEVEL[name] if k != "classifier"]
+    if "batch_stats" in variables:
+        assert sorted(variables["batch_stats"]) == sorted(with_batch_norm)
+    else:
+        assert name == "vit_ti16"
+
+
+def test_every_family_registers_its_variants_the_same_way():
+    """One pattern: register_model(name, ...)(functools.partial(Classifier, **config))."""
+    classifiers = {
+        "efficientnet": "EfficientNet",
+        "vit": "VisionTransformer",
+        "yolov8": "YOLOv8Classifier",
+    }
+    for name in MODELS:
+        constructor = _registry._entry(name).constructor
+        assert isinstance(constructor, functools.partial), name
+        family = jaxvision.model_info(name).family
+        assert constructor.func.__name__ == classifiers[family], name
+        assert not constructor.args and "num_classes" not in constructor.keywords, name
 
 
 def test_list_models_by_family():

@@ -15,10 +15,10 @@ Two implementations compute the same function (a test checks they agree):
   weights (``sow_attention=True``) and apply attention dropout;
 * ``"fused"``: ``jax.nn.dot_product_attention``.
 
-Measured on this project's 2-core CPU at ViT-S/16 size (batch 8, 197 tokens, 6 heads of 64,
-jitted, best of 20 over three rounds on a shared machine): forward explicit 36 ms vs fused 57 ms,
-gradient 128 ms vs 179 ms. ``"auto"`` therefore uses the explicit form, which is also the one that
-can sow weights and apply attention dropout.
+``"auto"`` follows the rule of :mod:`jaxvision.layers.implementation`: "fused" on GPU/TPU, where it
+is a library kernel, "explicit" on CPU, where it was measured faster (benchmarks/README.md), and
+"explicit" on every backend whenever the weights are needed (sown, or attention dropout in
+training).
 
 Shape legend: B batch, N tokens, D width, K heads, d = D / K head width.
 """
@@ -31,6 +31,8 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxvision.layers.implementation import resolve_implementation
 
 IMPLEMENTATIONS = ("auto", "explicit", "fused")
 
@@ -54,16 +56,15 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
-            )
+        implementation = resolve_implementation("attention", self.implementation, IMPLEMENTATIONS)
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads={self.num_heads}")
         head_width = width // self.num_heads
-        attention_dropout = train and self.attention_drop_rate > 0.0
-        if self.implementation == "fused" and (self.sow_attention or attention_dropout):
+        needs_weights = self.sow_attention or (train and self.attention_drop_rate > 0.0)
+        if needs_weights and self.implementation == "auto":
+            implementation = "explicit"  # "fused" never materialises the weights
+        if needs_weights and implementation == "fused":
             raise ValueError(
                 "implementation='fused' computes no attention weights, so it can neither sow "
                 "them nor apply attention dropout; use 'explicit' or 'auto'"
@@ -75,7 +76,7 @@ class MultiHeadSelfAttention(nn.Module):
         # Query, key and value projections, split into heads
         qkv = dense(3 * width, "qkv")(x)  # (B, N, D) -> (B, N, 3D)
 
-        if self.implementation == "fused":
+        if implementation == "fused":
             query, key, value = einops.rearrange(
                 qkv, "b n (three k d) -> three b n k d", three=3, k=self.num_heads
             )  # -> 3 x (B, N, K, d)

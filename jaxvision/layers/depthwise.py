@@ -10,11 +10,10 @@ slices of the padded input, each multiplied by one tap of the kernel and accumul
 same parameter ``kernel`` (k, k, 1, C) (Flax's depthwise layout; a PyTorch (C, 1, k, k) weight maps
 with ``transpose(2, 3, 1, 0)``) and give the same result.
 
-Why two: XLA:CPU lowers a grouped convolution to a slow generic loop (measured ~9x slower than
-PyTorch's depthwise kernel, its backward slower still, DESIGN.md section 5), while the k*k
-multiply-adds fuse into one vectorised loop over NHWC memory. On GPU/TPU the grouped convolution
-is a tuned library call. ``implementation="auto"`` therefore picks "shifted" on CPU and "xla"
-elsewhere, by ``jax.default_backend()``.
+Why two: XLA:CPU lowers a grouped convolution to a slow generic loop, while the k*k multiply-adds
+fuse into one vectorised loop over NHWC memory; on GPU/TPU the grouped convolution is a tuned
+library call. ``implementation="auto"`` therefore picks "shifted" on CPU and "xla" elsewhere, the
+rule of :mod:`jaxvision.layers.implementation` (the measurements are in benchmarks/README.md).
 
 The shifted form has a hand-written backward pass (``jax.custom_vjp``) made of the same kind of
 shifted multiply-adds, so the gradient is as cheap as the forward pass:
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvision.layers.conv import conv_padding
+from jaxvision.layers.implementation import resolve_implementation
 
 PADDINGS = ("symmetric", "same")
 IMPLEMENTATIONS = ("auto", "xla", "shifted")
@@ -63,15 +63,6 @@ def padding_amounts(padding: str, size: int, kernel_size: int, stride: int) -> t
         total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
         return total // 2, total - total // 2
     raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-
-
-def resolve_implementation(implementation: str) -> str:
-    """The formulation "auto" stands for on the current default backend."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation == "auto":
-        return "shifted" if jax.default_backend() == "cpu" else "xla"
-    return implementation
 
 
 def depthwise_conv_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
@@ -191,7 +182,7 @@ def depthwise_conv(
         raise ValueError(f"depthwise kernel must have shape (k, k, 1, C), got {kernel.shape}")
     if x.shape[-1] != kernel.shape[-1]:
         raise ValueError(f"input has {x.shape[-1]} channels, kernel has {kernel.shape[-1]}")
-    if resolve_implementation(implementation) == "xla":
+    if resolve_implementation("depthwise", implementation, IMPLEMENTATIONS) == "xla":
         return depthwise_conv_xla(x, kernel, stride, padding)
     return depthwise_conv_shifted(x, kernel, stride, padding)
 

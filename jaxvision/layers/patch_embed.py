@@ -9,9 +9,9 @@ trainable linear projection ``E``. Two ways to compute the same thing:
 * ``"dense"``: :func:`patchify` followed by one matrix multiply with the same kernel reshaped to
   ``(p * p * C, D)`` - the equation of the paper.
 
-Both share the parameters ``kernel`` (p, p, C, D) and ``bias`` (D,). Measured on this project's
-2-core CPU (ViT-B/16 embedding, batch 8 at 224 px, jitted, best of 20): the convolution took
-42 ms and the patchify + matmul 25 ms, so ``"auto"`` uses the dense form.
+Both share the parameters ``kernel`` (p, p, C, D) and ``bias`` (D,). ``"auto"`` uses the dense
+form, a plain matrix multiply, on every backend: the rule of :mod:`jaxvision.layers.implementation`
+(the CPU measurement behind it is in benchmarks/README.md).
 
 Shape legend: B batch, H/W image height/width, C channels, p patch size, N = HW/p^2 tokens,
 D token width.
@@ -26,10 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "conv", "dense")
+from jaxvision.layers.implementation import resolve_implementation
 
-# Measured faster on XLA:CPU (see the module docstring); both give the same result.
-DEFAULT_IMPLEMENTATION = "dense"
+IMPLEMENTATIONS = ("auto", "conv", "dense")
 
 
 def _check_divisible(height: int, width: int, patch_size: int) -> None:
@@ -85,10 +84,7 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}"
-            )
+        implementation = resolve_implementation("patch_embed", self.implementation, IMPLEMENTATIONS)
         p = self.patch_size
         _, height, width, channels = x.shape
         _check_divisible(height, width, p)
@@ -96,9 +92,6 @@ class PatchEmbed(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,))
         kernel, bias, x = kernel.astype(self.dtype), bias.astype(self.dtype), x.astype(self.dtype)
 
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = DEFAULT_IMPLEMENTATION
         if implementation == "conv":
             y = jax.lax.conv_general_dilated(
                 x,

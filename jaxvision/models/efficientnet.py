@@ -20,6 +20,11 @@ Architecture at a glance (B0 at 224 x 224; ours "stage i" is the paper's stage i
     stage7   MBConv6, k3x3                7 x 7 x 320           1
     head     Conv1x1, BN, SiLU, pool, FC  1280 -> num_classes   1
 
+The stem and the stages are :class:`EfficientNetBackbone`, the head is the rest of
+:class:`EfficientNet` (as timm splits ``forward_features`` from ``forward_head``). Features:
+``EfficientNetBackbone(...)`` returns ``{"stem": ..., "stage1": ..., ..., "stage7": ...}``; from a
+classifier, ``model.apply(variables, x, train=False, method="forward_features")`` returns the same.
+
 Shape legend: B batch, H/W height/width, C channels (C_in entering a block, e*C_in expanded),
 C_se the squeeze-excite bottleneck, K classes.
 
@@ -52,7 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvision.layers.conv import Conv2d
+from jaxvision.layers.conv import Conv2d, ConvBNAct, Norm
 from jaxvision.layers.depthwise import DepthwiseConv2d
 from jaxvision.layers.drop_path import DropPath
 from jaxvision.layers.inputs import check_images
@@ -193,39 +198,9 @@ def block_specs(
 # ---------------------------------------------------------------------------------------------
 
 
-def _batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any):
-    return functools.partial(
-        nn.BatchNorm,
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=epsilon,
-        dtype=dtype,
-    )
-
-
-class ConvBNSiLU(nn.Module):
-    """A dense convolution, BatchNorm and SiLU: the stem (3x3 s2) and the head (1x1)."""
-
-    features: int
-    kernel_size: int
-    strides: int = 1
-    padding: str = "symmetric"
-    bn_epsilon: float = 1e-5
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        norm = _batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype)
-        x = Conv2d(
-            self.features,
-            self.kernel_size,
-            self.strides,
-            padding=self.padding,
-            dtype=self.dtype,
-            name="conv",
-        )(x)  # (B, H, W, C_in) -> (B, H/s, W/s, C)
-        return nn.silu(norm(name="bn")(x))
+# The PyTorch-trained models' BatchNorm (eps 1e-5, PyTorch momentum 0.1 = Flax 0.9): the blocks'
+# default; the network binds its own constants once and passes them on.
+pytorch_batch_norm: Norm = functools.partial(nn.BatchNorm, epsilon=1e-5, momentum=0.9)
 
 
 class MBConv(nn.Module):
@@ -243,14 +218,15 @@ class MBConv(nn.Module):
     se_features: int
     drop_path_rate: float = 0.0
     padding: str = "symmetric"
-    bn_epsilon: float = 1e-5
-    bn_momentum: float = 0.9
+    norm: Norm = pytorch_batch_norm
     dtype: Any = jnp.float32
     depthwise_implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        norm = _batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+        def norm(x: jax.Array, name: str) -> jax.Array:
+            return self.norm(name=name)(x, use_running_average=not train)
+
         in_features = x.shape[-1]
         shortcut = x
 
@@ -258,7 +234,7 @@ class MBConv(nn.Module):
         if self.expand_ratio != 1:
             hidden = in_features * self.expand_ratio
             x = Conv2d(hidden, 1, dtype=self.dtype, name="conv_expand")(x)  # -> (B, H, W, e*C_in)
-            x = nn.silu(norm(name="bn_expand")(x))
+            x = nn.silu(norm(x, "bn_expand"))
 
         # Depth-wise convolution: spatial filtering, one filter per channel.
         x = DepthwiseConv2d(
@@ -269,7 +245,7 @@ class MBConv(nn.Module):
             implementation=self.depthwise_implementation,
             name="conv_dw",
         )(x)  # (B, H, W, e*C_in) -> (B, H/s, W/s, e*C_in)
-        x = nn.silu(norm(name="bn_dw")(x))
+        x = nn.silu(norm(x, "bn_dw"))
 
         # Squeeze-and-excitation: reweight channels from global context.
         x = SqueezeExcite(self.se_features, dtype=self.dtype, name="se")(x)
@@ -278,7 +254,7 @@ class MBConv(nn.Module):
         x = Conv2d(self.features, 1, dtype=self.dtype, name="conv_project")(
             x
         )  # -> (B, H/s, W/s, C)
-        x = norm(name="bn_project")(x)
+        x = norm(x, "bn_project")
 
         # Stochastic depth and identity shortcut, only where shapes allow.
         if self.strides == 1 and in_features == self.features:
@@ -292,12 +268,82 @@ class MBConv(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class EfficientNetBackbone(nn.Module):
+    """The feature extractor: stem -> seven MBConv stages, ``(B, H, W, 3)`` -> a dict of maps.
+
+    Returns ``{"stem": (B, H/2, W/2, 32 w), "stage1": ..., ..., "stage7": (B, H/32, W/32, 320 w)}``
+    in that order (strides 2, 2, 4, 8, 16, 16, 32, 32; w the width multiplier; spatial sizes
+    round up). The same maps are sown into ``"intermediates"`` as ``stem_output``, ``stage1`` ..
+    ``stage7``. Fields as :class:`EfficientNet`'s.
+    """
+
+    width: float = 1.0
+    depth: float = 1.0
+    drop_path_rate: float = 0.2
+    padding: str = "symmetric"
+    bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+    depthwise_implementation: str = "auto"
+
+    def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        # The work is in forward_features, which a classifier sharing this scope calls directly.
+        return self.forward_features(x, train=train)
+
+    @nn.compact
+    def forward_features(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        check_images(x, model="EfficientNet")
+        norm = functools.partial(
+            nn.BatchNorm, epsilon=self.bn_epsilon, momentum=self.bn_momentum, dtype=self.dtype
+        )
+        features = {}
+
+        # Stem: (B, H, W, 3) -> (B, H/2, W/2, 32 w)
+        x = ConvBNAct(
+            round_channels(STEM_FEATURES, self.width),
+            kernel_size=3,
+            strides=2,
+            padding=self.padding,
+            norm=norm,
+            dtype=self.dtype,
+            name="stem",
+        )(x, train=train)
+        self.sow("intermediates", "stem_output", x)
+        features["stem"] = x
+
+        # MBConv stages: (B, H/2, W/2, 32 w) -> (B, H/32, W/32, 320 w)
+        specs = block_specs(self.width, self.depth)
+        for index, spec in enumerate(specs):
+            x = MBConv(
+                features=spec.out_features,
+                expand_ratio=spec.expand_ratio,
+                kernel_size=spec.kernel_size,
+                strides=spec.strides,
+                se_features=spec.se_features,
+                drop_path_rate=self.drop_path_rate * spec.drop_path_fraction,
+                padding=self.padding,
+                norm=norm,
+                dtype=self.dtype,
+                depthwise_implementation=self.depthwise_implementation,
+                name=spec.name,
+            )(x, train=train)
+            if index + 1 == len(specs) or specs[index + 1].stage != spec.stage:
+                self.sow("intermediates", f"stage{spec.stage}", x)
+                features[f"stage{spec.stage}"] = x
+        return features
+
+
 class EfficientNet(nn.Module):
-    """EfficientNet classifier over NHWC images: stem -> seven MBConv stages -> head.
+    """EfficientNet classifier over NHWC images: :class:`EfficientNetBackbone`, then the head.
 
     ``width`` / ``depth`` are the compound-scaling multipliers (:data:`COMPOUND_SCALING`).
     Stage outputs are sown into the ``"intermediates"`` collection (``stem_output``, ``stage1``
-    .. ``stage7``, ``head_output``).
+    .. ``stage7``, ``head_output``). The backbone shares this module's scope, so its layers keep
+    the top-level names of the published checkpoints (``stem``, ``stage1_block1``, ...) beside
+    ``head`` and ``classifier``.
+
+    Features without the head: ``model.apply(variables, x, train=False,
+    method="forward_features")`` returns the backbone's dict of stage maps.
     """
 
     num_classes: int = 1000
@@ -311,44 +357,36 @@ class EfficientNet(nn.Module):
     dtype: Any = jnp.float32
     depthwise_implementation: str = "auto"
 
+    def setup(self) -> None:
+        self.backbone = EfficientNetBackbone(
+            width=self.width,
+            depth=self.depth,
+            drop_path_rate=self.drop_path_rate,
+            padding=self.padding,
+            bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum,
+            dtype=self.dtype,
+            depthwise_implementation=self.depthwise_implementation,
+        )
+        nn.share_scope(self, self.backbone)
+
+    def forward_features(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        """The backbone's stage maps, ``{"stem": ..., "stage1": ..., ..., "stage7": ...}``."""
+        # The backbone's forward_features rather than its __call__: in a shared scope,
+        # capture_intermediates would record the backbone's __call__ output as this model's own.
+        return self.backbone.forward_features(x, train=train)
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        check_images(x, model="EfficientNet")
-        bn = {"bn_epsilon": self.bn_epsilon, "bn_momentum": self.bn_momentum, "dtype": self.dtype}
-
-        # Stem: (B, H, W, 3) -> (B, H/2, W/2, 32 * width)
-        x = ConvBNSiLU(
-            round_channels(STEM_FEATURES, self.width),
-            kernel_size=3,
-            strides=2,
-            padding=self.padding,
-            name="stem",
-            **bn,
-        )(x, train=train)
-        self.sow("intermediates", "stem_output", x)
-
-        # MBConv stages: (B, H/2, W/2, 32 w) -> (B, H/32, W/32, 320 w)
-        specs = block_specs(self.width, self.depth)
-        for index, spec in enumerate(specs):
-            x = MBConv(
-                features=spec.out_features,
-                expand_ratio=spec.expand_ratio,
-                kernel_size=spec.kernel_size,
-                strides=spec.strides,
-                se_features=spec.se_features,
-                drop_path_rate=self.drop_path_rate * spec.drop_path_fraction,
-                padding=self.padding,
-                depthwise_implementation=self.depthwise_implementation,
-                name=spec.name,
-                **bn,
-            )(x, train=train)
-            if index + 1 == len(specs) or specs[index + 1].stage != spec.stage:
-                self.sow("intermediates", f"stage{spec.stage}", x)
+        x = self.forward_features(x, train=train)["stage7"]  # (B, H/32, W/32, 320 w)
 
         # Head: 1x1 conv to 1280 * width, global average pooling, dropout, classifier.
-        x = ConvBNSiLU(round_channels(HEAD_FEATURES, self.width), kernel_size=1, name="head", **bn)(
-            x, train=train
-        )  # (B, H/32, W/32, 1280 w)
+        norm = functools.partial(
+            nn.BatchNorm, epsilon=self.bn_epsilon, momentum=self.bn_momentum, dtype=self.dtype
+        )
+        x = ConvBNAct(
+            round_channels(HEAD_FEATURES, self.width), norm=norm, dtype=self.dtype, name="head"
+        )(x, train=train)  # (B, H/32, W/32, 320 w) -> (B, H/32, W/32, 1280 w)
         self.sow("intermediates", "head_output", x)
         x = jnp.mean(x, axis=(1, 2))  # (B, H/32, W/32, 1280 w) -> (B, 1280 w)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -357,7 +395,7 @@ class EfficientNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered variants.
+# Registered variants: one register_model(name, ...)(partial(EfficientNet, **config)) per row.
 # ---------------------------------------------------------------------------------------------
 
 # Centre-crop fractions of timm's pretrained configurations for tf_efficientnet_b0..b7 (and
@@ -378,41 +416,42 @@ CROP_FRACTION = {
 PYTORCH_BATCH_NORM = {"bn_epsilon": 1e-5, "bn_momentum": 0.9}  # PyTorch defaults (eps, 1 - 0.1)
 TENSORFLOW_BATCH_NORM = {"bn_epsilon": 1e-3, "bn_momentum": 0.99}  # TF reference (eps, decay)
 
-
-def _register(variant: str, scaling: Scaling, *, tensorflow: bool) -> None:
-    name = f"{'tf_' if tensorflow else ''}efficientnet_{variant}"
-    config = {
-        "width": scaling.width,
-        "depth": scaling.depth,
-        "dropout_rate": scaling.dropout_rate,
-        "padding": "same" if tensorflow else "symmetric",
-        **(TENSORFLOW_BATCH_NORM if tensorflow else PYTORCH_BATCH_NORM),
-    }
-    origin = (
-        "TensorFlow 'SAME' padding and BatchNorm eps 1e-3, for timm's TF-ported weights"
-        if tensorflow
-        else "symmetric padding and BatchNorm eps 1e-5, for timm / torchvision weights"
-    )
-
-    @register_model(
-        name,
-        family="efficientnet",
-        resolution=scaling.resolution,
-        preprocessing=Preprocessing(
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            crop_fraction=CROP_FRACTION[variant],
-            interpolation="bicubic",
-        ),
-        description=(
-            f"EfficientNet-{variant.upper()} (width {scaling.width}, depth {scaling.depth}, "
-            f"{scaling.resolution}px); {origin}"
-        ),
-    )
-    def constructor(*, num_classes: int = 1000, **overrides: Any) -> EfficientNet:
-        return EfficientNet(**{**config, "num_classes": num_classes, **overrides})
-
+# Two weight origins per variant: (name prefix, padding + BatchNorm, description suffix).
+ORIGINS = (
+    (
+        "",
+        {"padding": "symmetric", **PYTORCH_BATCH_NORM},
+        "symmetric padding and BatchNorm eps 1e-5, for timm / torchvision weights",
+    ),
+    (
+        "tf_",
+        {"padding": "same", **TENSORFLOW_BATCH_NORM},
+        "TensorFlow 'SAME' padding and BatchNorm eps 1e-3, for timm's TF-ported weights",
+    ),
+)
 
 for _variant, _scaling in COMPOUND_SCALING.items():
-    _register(_variant, _scaling, tensorflow=False)
-    _register(_variant, _scaling, tensorflow=True)
+    for _prefix, _origin_config, _origin in ORIGINS:
+        register_model(
+            f"{_prefix}efficientnet_{_variant}",
+            family="efficientnet",
+            resolution=_scaling.resolution,
+            preprocessing=Preprocessing(
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
+                crop_fraction=CROP_FRACTION[_variant],
+                interpolation="bicubic",
+            ),
+            description=(
+                f"EfficientNet-{_variant.upper()} (width {_scaling.width}, depth "
+                f"{_scaling.depth}, {_scaling.resolution}px); {_origin}"
+            ),
+        )(
+            functools.partial(
+                EfficientNet,
+                width=_scaling.width,
+                depth=_scaling.depth,
+                dropout_rate=_scaling.dropout_rate,
+                **_origin_config,
+            )
+        )

@@ -7,6 +7,11 @@ al., arXiv 2106.10270). Position-embedding interpolation for another resolution 
 :func:`jaxvision.layers.pos_embed.resize_pos_embed`; attention rollout (Abnar & Zuidema, arXiv
 2005.00928) is :func:`attention_rollout`.
 
+The network is :class:`ViTEncoder` (patches to encoded tokens) and a linear head on the class
+token (:class:`VisionTransformer`). Features: ``ViTEncoder(...)`` returns the tokens
+``(B, N+1, D)``, class token first; from a classifier, ``model.apply(variables, x, train=False,
+method="forward_features")`` returns the same.
+
 Architecture at a glance (ViT-Ti/16 at 224 px):
 
     input                                     (B, 224, 224, 3)
@@ -16,7 +21,7 @@ Architecture at a glance (ViT-Ti/16 at 224 px):
     encoder_block0..11                        (B, 197, 192)
         x + DropPath(MSA(LN(x)))              3 heads of 64
         x + DropPath(MLP(LN(x)))              192 -> 768 -> 192, exact GELU
-    encoder_norm    LayerNorm                 (B, 197, 192)
+    encoder_norm    LayerNorm                 (B, 197, 192)      the encoder's output
     head            on the class token        (B, 1000)
 
 Shape legend: B batch, H/W image height/width, p patch size, N = HW / p^2 patches, D hidden size,
@@ -47,9 +52,9 @@ Choices and deviations, each with its origin:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -126,7 +131,7 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_path_rate: Any, *, train: bool) -> jax.Array:
-        norm = partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)
+        norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)
 
         # Multi-head self-attention sub-layer: z' = MSA(LN(z)) + z
         y = norm(name="attention_norm")(x)
@@ -156,15 +161,15 @@ class EncoderBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class VisionTransformer(nn.Module):
-    """ViT classifier: patches -> class token + position embedding -> L encoder blocks -> LN ->
-    linear head on the class token. ``__call__(x, *, train)`` takes (B, image_size, image_size, 3).
+class ViTEncoder(nn.Module):
+    """The ViT encoder: patches -> class token + position embedding -> L encoder blocks -> LN.
 
-    ``sow_attention=True`` stores every block's attention weights (B, K, N+1, N+1) in
-    ``intermediates`` (see :func:`collect_attention`, :func:`attention_rollout`).
+    ``(B, image_size, image_size, 3) -> (B, N+1, D)``, the class token first. The embedded tokens
+    and the output are sown into ``intermediates`` as ``embeddings`` and ``encoded``;
+    ``sow_attention=True`` also stores every block's attention weights (B, K, N+1, N+1) (see
+    :func:`collect_attention`, :func:`attention_rollout`). Fields as :class:`VisionTransformer`'s.
     """
 
-    num_classes: int = 1000
     image_size: int = 224
     patch_size: int = 16
     hidden_size: int = 768
@@ -185,8 +190,12 @@ class VisionTransformer(nn.Module):
         """Patches per side: the position embedding covers ``grid_size ** 2 + 1`` tokens."""
         return self.image_size // self.patch_size
 
-    @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        # The work is in forward_features, which a classifier sharing this scope calls directly.
+        return self.forward_features(x, train=train)
+
+    @nn.compact
+    def forward_features(self, x: jax.Array, *, train: bool) -> jax.Array:
         check_images(x, model="VisionTransformer")
         if self.image_size % self.patch_size:
             raise ValueError(
@@ -222,7 +231,7 @@ class VisionTransformer(nn.Module):
 
         # Transformer encoder: L identical pre-LN blocks
         rates = drop_path_rates(self.drop_path_rate, self.num_layers)
-        block = partial(
+        block = functools.partial(
             EncoderBlock,
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
@@ -252,6 +261,68 @@ class VisionTransformer(nn.Module):
 
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
         self.sow("intermediates", "encoded", x)
+        return x  # (B, N+1, D)
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier: :class:`ViTEncoder`, then a linear head on the class token.
+    ``__call__(x, *, train)`` takes (B, image_size, image_size, 3).
+
+    ``sow_attention=True`` stores every block's attention weights (B, K, N+1, N+1) in
+    ``intermediates`` (see :func:`collect_attention`, :func:`attention_rollout`). The encoder
+    shares this module's scope, so its parameters keep their top-level names (``patch_embed``,
+    ``encoder_block0``, ...) beside ``head``; ``method="forward_features"`` returns its tokens.
+    """
+
+    num_classes: int = 1000
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    drop_rate: float = 0.0
+    attention_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: Any = jnp.float32
+    scan_blocks: bool = False
+    sow_attention: bool = False
+    attention_implementation: str = "auto"
+    patch_embed_implementation: str = "auto"
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side: the position embedding covers ``grid_size ** 2 + 1`` tokens."""
+        return self.image_size // self.patch_size
+
+    def setup(self) -> None:
+        self.encoder = ViTEncoder(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            drop_rate=self.drop_rate,
+            attention_drop_rate=self.attention_drop_rate,
+            drop_path_rate=self.drop_path_rate,
+            dtype=self.dtype,
+            scan_blocks=self.scan_blocks,
+            sow_attention=self.sow_attention,
+            attention_implementation=self.attention_implementation,
+            patch_embed_implementation=self.patch_embed_implementation,
+        )
+        nn.share_scope(self, self.encoder)
+
+    def forward_features(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """The encoder's tokens, ``(B, N+1, D)``, class token first."""
+        # The encoder's forward_features rather than its __call__: in a shared scope,
+        # capture_intermediates would record the encoder's __call__ output as this model's own.
+        return self.encoder.forward_features(x, train=train)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = self.forward_features(x, train=train)  # (B, H, W, 3) -> (B, N+1, D)
 
         # Classification head on the class token
         x = x[:, 0]  # (B, N+1, D) -> (B, D)
@@ -358,7 +429,7 @@ def attention_rollout(attentions: Any) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered variants
+# Registered variants: one register_model(name, ...)(partial(VisionTransformer, **config)) per row.
 # ---------------------------------------------------------------------------------------------
 
 # timm's AugReg checkpoints (vit_*_patch*_224.augreg*): mean/std 0.5, crop_pct 0.9, bicubic.
@@ -369,72 +440,45 @@ AUGREG_PREPROCESSING = Preprocessing(
 TORCHVISION_H14_PREPROCESSING = Preprocessing(crop_fraction=1.0, interpolation="bicubic")
 
 
-def _build(variant: str, num_classes: int, overrides: dict[str, Any]) -> VisionTransformer:
-    config = dataclasses.asdict(VARIANTS[variant])
-    return VisionTransformer(**{**config, "num_classes": num_classes, **overrides})
+# name -> (row of VARIANTS, evaluation preprocessing, description)
+REGISTERED: dict[str, tuple[str, Preprocessing, str]] = {
+    "vit_ti16": (
+        "ti16",
+        AUGREG_PREPROCESSING,
+        "ViT-Ti/16: 192 wide, 12 blocks, 3 heads (DeiT / AugReg)",
+    ),
+    "vit_s16": (
+        "s16",
+        AUGREG_PREPROCESSING,
+        "ViT-S/16: 384 wide, 12 blocks, 6 heads (DeiT / AugReg)",
+    ),
+    "vit_b16": (
+        "b16",
+        AUGREG_PREPROCESSING,
+        "ViT-B/16: 768 wide, 12 blocks, 12 heads (ViT paper Table 1)",
+    ),
+    "vit_b32": (
+        "b32",
+        AUGREG_PREPROCESSING,
+        "ViT-B/32: 768 wide, 12 blocks, 12 heads, 32 px patches (ViT paper Table 1)",
+    ),
+    "vit_l16": (
+        "l16",
+        AUGREG_PREPROCESSING,
+        "ViT-L/16: 1024 wide, 24 blocks, 16 heads (ViT paper Table 1)",
+    ),
+    "vit_h14": (
+        "h14",
+        TORCHVISION_H14_PREPROCESSING,
+        "ViT-H/14: 1280 wide, 32 blocks, 16 heads (ViT paper Table 1; torchvision)",
+    ),
+}
 
-
-@register_model(
-    "vit_ti16",
-    family="vit",
-    resolution=224,
-    preprocessing=AUGREG_PREPROCESSING,
-    description="ViT-Ti/16: 192 wide, 12 blocks, 3 heads (DeiT / AugReg)",
-)
-def vit_ti16(*, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
-    return _build("ti16", num_classes, overrides)
-
-
-@register_model(
-    "vit_s16",
-    family="vit",
-    resolution=224,
-    preprocessing=AUGREG_PREPROCESSING,
-    description="ViT-S/16: 384 wide, 12 blocks, 6 heads (DeiT / AugReg)",
-)
-def vit_s16(*, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
-    return _build("s16", num_classes, overrides)
-
-
-@register_model(
-    "vit_b16",
-    family="vit",
-    resolution=224,
-    preprocessing=AUGREG_PREPROCESSING,
-    description="ViT-B/16: 768 wide, 12 blocks, 12 heads (ViT paper Table 1)",
-)
-def vit_b16(*, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
-    return _build("b16", num_classes, overrides)
-
-
-@register_model(
-    "vit_b32",
-    family="vit",
-    resolution=224,
-    preprocessing=AUGREG_PREPROCESSING,
-    description="ViT-B/32: 768 wide, 12 blocks, 12 heads, 32 px patches (ViT paper Table 1)",
-)
-def vit_b32(*, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
-    return _build("b32", num_classes, overrides)
-
-
-@register_model(
-    "vit_l16",
-    family="vit",
-    resolution=224,
-    preprocessing=AUGREG_PREPROCESSING,
-    description="ViT-L/16: 1024 wide, 24 blocks, 16 heads (ViT paper Table 1)",
-)
-def vit_l16(*, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
-    return _build("l16", num_classes, overrides)
-
-
-@register_model(
-    "vit_h14",
-    family="vit",
-    resolution=224,
-    preprocessing=TORCHVISION_H14_PREPROCESSING,
-    description="ViT-H/14: 1280 wide, 32 blocks, 16 heads (ViT paper Table 1; torchvision)",
-)
-def vit_h14(*, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
-    return _build("h14", num_classes, overrides)
+for _name, (_variant, _preprocessing, _description) in REGISTERED.items():
+    register_model(
+        _name,
+        family="vit",
+        resolution=224,
+        preprocessing=_preprocessing,
+        description=_description,
+    )(functools.partial(VisionTransformer, **dataclasses.asdict(VARIANTS[_variant])))

@@ -3,9 +3,14 @@
 Reference: Ultralytics YOLOv8 (Jocher, Chaurasia, Qiu, 2023; there is no paper),
 https://github.com/ultralytics/ultralytics. This file implements the classification models built
 from ``ultralytics/cfg/models/v8/yolov8-cls.yaml``: the YOLOv8 backbone (``Conv``, ``C2f``)
-followed by the ``Classify`` head of ``ultralytics/nn/modules/head.py``. ``SPPF`` is here too
-because the detection backbone (yolov8.yaml) ends with it; the detection and segmentation heads
-will build on the blocks, the table format and the scaling rules of this file.
+followed by the ``Classify`` head of ``ultralytics/nn/modules/head.py``. The backbone is a module
+of its own, :class:`YOLOv8Backbone`, built from a table of rows: ``CLASSIFY_BACKBONE`` here, and
+``DETECT_BACKBONE`` (the same rows and an ``SPPF`` at P5, from yolov8.yaml) for the detection and
+segmentation models, whose neck takes P3, P4 and P5 from the backbone's return value.
+
+Features: ``YOLOv8Backbone(...)`` returns ``{"stage1": P1, ..., "stage5": P5}`` (stage k at stride
+2^k); from a classifier, ``model.apply(variables, x, train=False, method="forward_features")``
+returns the same dict.
 
 Architecture at a glance, ``yolov8n_cls`` at 224 x 224 (depth 0.33, width 0.25):
 
@@ -31,8 +36,9 @@ Names. Ultralytics' terse attribute names are replaced by readable ones; the wei
 (``jaxvision/weights/yolov8.py``) maps them back. Once, for reference:
 
     ultralytics                     jaxvision
-    Conv                            ConvBNAct  (conv, bn: same names)
+    Conv                            ConvBNAct  (jaxvision.layers.conv; conv, bn: same names)
     model.0 ... model.8             the rows of CLASSIFY_BACKBONE (stem, stage2_down, ...)
+    model.9 (SPPF, detection)       the last row of DETECT_BACKBONE, stage5_sppf
     C2f.cv1 / C2f.cv2               C2f conv_split / conv_merge
     C2f.m.{j}                       C2f bottleneck{j}
     Bottleneck.cv1 / .cv2           Bottleneck conv1 / conv2
@@ -45,7 +51,8 @@ Deviations and constants worth knowing:
 * Padding is symmetric, ``(k - 1) // 2`` per side (ultralytics ``autopad``), not TF ``SAME``: the
   3x3 stride-2 convolutions give ``ceil(H / 2)`` at odd and even sizes alike.
 * BatchNorm. Ultralytics' *detection* models run ``initialize_weights``, which sets every
-  BatchNorm to eps 1e-3 and PyTorch momentum 0.03 (Flax 0.97); the blocks here default to that.
+  BatchNorm to eps 1e-3 and PyTorch momentum 0.03 (Flax 0.97); the blocks and
+  :class:`YOLOv8Backbone` default to that.
   ``ClassificationModel`` never calls ``initialize_weights`` (ultralytics/nn/tasks.py, also
   ``ClassificationTrainer.get_model``), so the classification checkpoints were trained with
   PyTorch's defaults, eps 1e-5 and momentum 0.1 (Flax 0.9): :class:`YOLOv8Classifier` uses those.
@@ -60,14 +67,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvision.layers.conv import Conv2d
+from jaxvision.layers.conv import ConvBNAct, Norm
 from jaxvision.layers.inputs import check_images
 from jaxvision.registry import Preprocessing, register_model
 
@@ -82,8 +88,6 @@ CHANNEL_DIVISOR = 8  # parse_model: make_divisible(min(c2, max_channels) * width
 C2F_EXPAND_RATIO = 0.5  # C2f(e=0.5): hidden width c = int(out * 0.5)
 SPPF_POOL_SIZE = 5  # SPPF(k=5); three chained 5x5 pools see 5, 9 and 13 pixels (= SPP(5, 9, 13))
 SPPF_POOLS = 3  # SPPF(n=3)
-
-Norm = Callable[..., nn.Module]
 
 # The blocks' default normalisation: ultralytics' detection-model constants.
 detect_batch_norm: Norm = functools.partial(
@@ -102,12 +106,12 @@ class Layer:
 
     ``features`` and ``repeats`` are the YAML's values for the l model (depth = width = 1);
     :func:`scale_channels` and :func:`scale_repeats` turn them into a variant's. ``stage`` names
-    the feature map the row contributes to; the last row of each stage is sown as an intermediate.
+    the feature map the row contributes to; the last row of each stage gives that stage's output.
     """
 
     name: str
     stage: str
-    block: str  # "conv" (ConvBNAct) | "c2f" (C2f)
+    block: str  # "conv" (ConvBNAct) | "c2f" (C2f) | "sppf" (SPPF; kernel_size is its pool size)
     features: int
     kernel_size: int = 1
     strides: int = 1
@@ -129,6 +133,13 @@ CLASSIFY_BACKBONE: tuple[Layer, ...] = (
     Layer("stage5_c2f", "stage5", "c2f", 1024, repeats=3, shortcut=True),  # 8
 )
 
+# ultralytics/cfg/models/v8/yolov8.yaml, "backbone": the classification rows and SPPF (model.9),
+# whose output is P5 for the neck.
+DETECT_BACKBONE: tuple[Layer, ...] = (
+    *CLASSIFY_BACKBONE,
+    Layer("stage5_sppf", "stage5", "sppf", 1024, kernel_size=SPPF_POOL_SIZE),  # 9
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
@@ -139,14 +150,22 @@ class Scale:
     max_channels: int
 
 
-# yolov8-cls.yaml, "scales". The detection yolov8.yaml caps lower: max_channels 1024, 1024, 768,
-# 512, 512 for n, s, m, l, x.
+# yolov8-cls.yaml, "scales".
 CLASSIFY_SCALES: dict[str, Scale] = {
     "n": Scale(0.33, 0.25, 1024),
     "s": Scale(0.33, 0.50, 1024),
     "m": Scale(0.67, 0.75, 1024),
     "l": Scale(1.00, 1.00, 1024),
     "x": Scale(1.00, 1.25, 1024),
+}
+
+# yolov8.yaml, "scales": the same depths and widths, lower channel caps for m, l and x.
+DETECT_SCALES: dict[str, Scale] = {
+    "n": Scale(0.33, 0.25, 1024),
+    "s": Scale(0.33, 0.50, 1024),
+    "m": Scale(0.67, 0.75, 768),
+    "l": Scale(1.00, 1.00, 512),
+    "x": Scale(1.00, 1.25, 512),
 }
 
 
@@ -185,36 +204,6 @@ def scale_repeats(repeats: int, depth: float) -> int:
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
-
-
-class ConvBNAct(nn.Module):
-    """Convolution (no bias), BatchNorm, SiLU: ultralytics ``Conv``, the unit of every YOLOv8 block.
-
-    ``activation=None`` gives the un-activated variant (ultralytics ``act=False``). ``norm`` builds
-    the BatchNorm: the network binds epsilon, momentum and dtype once and every block passes it on.
-    """
-
-    features: int
-    kernel_size: int = 1
-    strides: int = 1
-    activation: Callable[[jax.Array], jax.Array] | None = nn.silu
-    norm: Norm = detect_batch_norm
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        # (B, H, W, C_in) -> (B, ceil(H/s), ceil(W/s), features): symmetric padding = autopad
-        x = Conv2d(
-            self.features,
-            self.kernel_size,
-            self.strides,
-            padding="symmetric",
-            use_bias=False,  # the BatchNorm's shift replaces it
-            dtype=self.dtype,
-            name="conv",
-        )(x)
-        x = self.norm(name="bn")(x, use_running_average=not train)
-        return self.activation(x) if self.activation is not None else x
 
 
 class Bottleneck(nn.Module):
@@ -339,12 +328,84 @@ class Classify(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class YOLOv8Backbone(nn.Module):
+    """The YOLOv8 backbone: the rows of ``layers`` scaled by ``depth``, ``width``, ``max_channels``.
+
+    ``(B, H, W, 3)`` -> ``{"stage1": ..., ..., "stage5": ...}``, the output of each stage's last row
+    in order: stage k is ultralytics' Pk, at stride 2^k (``ceil`` at odd sizes), stage1 the stem's
+    output. The same maps are sown into ``"intermediates"`` under the stage names.
+    ``layers=CLASSIFY_BACKBONE`` (the default) is yolov8-cls.yaml's backbone, ``DETECT_BACKBONE``
+    yolov8.yaml's (with :data:`DETECT_SCALES`). The BatchNorm constants default to the detection
+    models'; :class:`YOLOv8Classifier` passes the classification ones.
+    """
+
+    layers: tuple[Layer, ...] = CLASSIFY_BACKBONE
+    depth: float = 0.33
+    width: float = 0.25
+    max_channels: int = 1024
+    dtype: Any = jnp.float32
+    bn_epsilon: float = DETECT_BN_EPSILON
+    bn_momentum: float = DETECT_BN_MOMENTUM
+
+    def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        # The work is in forward_features, which a classifier sharing this scope calls directly.
+        return self.forward_features(x, train=train)
+
+    @nn.compact
+    def forward_features(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        check_images(x, model="YOLOv8")
+        norm = functools.partial(
+            nn.BatchNorm, epsilon=self.bn_epsilon, momentum=self.bn_momentum, dtype=self.dtype
+        )
+        features = {}
+        for i, layer in enumerate(self.layers):
+            out_features = scale_channels(layer.features, self.width, self.max_channels)
+            if layer.block == "conv":
+                # (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C'): every downsampling row
+                x = ConvBNAct(
+                    out_features,
+                    layer.kernel_size,
+                    layer.strides,
+                    norm=norm,
+                    dtype=self.dtype,
+                    name=layer.name,
+                )(x, train=train)
+            elif layer.block == "c2f":
+                # (B, H, W, C) -> (B, H, W, C)
+                x = C2f(
+                    out_features,
+                    scale_repeats(layer.repeats, self.depth),
+                    layer.shortcut,
+                    norm=norm,
+                    dtype=self.dtype,
+                    name=layer.name,
+                )(x, train=train)
+            elif layer.block == "sppf":
+                # (B, H, W, C) -> (B, H, W, C)
+                x = SPPF(
+                    out_features,
+                    layer.kernel_size,
+                    norm=norm,
+                    dtype=self.dtype,
+                    name=layer.name,
+                )(x, train=train)
+            else:
+                raise ValueError(f"unknown block {layer.block!r} in row {layer.name}")
+            last_of_stage = i + 1 == len(self.layers) or self.layers[i + 1].stage != layer.stage
+            if last_of_stage:
+                self.sow("intermediates", layer.stage, x)
+                features[layer.stage] = x
+        return features
+
+
 class YOLOv8Classifier(nn.Module):
     """YOLOv8 classification model: the scaled yolov8-cls backbone and the Classify head.
 
     Returns logits; apply ``jax.nn.softmax`` for the probabilities ultralytics' eval mode returns.
     Stage outputs are sown into the "intermediates" collection as ``stage1`` ... ``stage5``:
-    stage k is ultralytics' Pk, at stride 2^k (stage1 is the stem's output).
+    stage k is ultralytics' Pk, at stride 2^k (stage1 is the stem's output). The backbone shares
+    this module's scope, so its rows keep the top-level names (``stem``, ``stage2_down``, ...)
+    beside ``head``; ``method="forward_features"`` returns its dict of stage maps.
     """
 
     num_classes: int = 1000
@@ -356,42 +417,30 @@ class YOLOv8Classifier(nn.Module):
     bn_epsilon: float = CLASSIFY_BN_EPSILON
     bn_momentum: float = CLASSIFY_BN_MOMENTUM
 
+    def setup(self) -> None:
+        self.backbone = YOLOv8Backbone(
+            CLASSIFY_BACKBONE,
+            depth=self.depth,
+            width=self.width,
+            max_channels=self.max_channels,
+            dtype=self.dtype,
+            bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum,
+        )
+        nn.share_scope(self, self.backbone)
+
+    def forward_features(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        """The backbone's stage maps, ``{"stage1": ..., ..., "stage5": ...}``."""
+        # The backbone's forward_features rather than its __call__: in a shared scope,
+        # capture_intermediates would record the backbone's __call__ output as this model's own.
+        return self.backbone.forward_features(x, train=train)
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        check_images(x, model=type(self).__name__)
+        x = self.forward_features(x, train=train)["stage5"]  # (B, H/32, W/32, C)
         norm = functools.partial(
             nn.BatchNorm, epsilon=self.bn_epsilon, momentum=self.bn_momentum, dtype=self.dtype
         )
-        for i, layer in enumerate(CLASSIFY_BACKBONE):
-            features = scale_channels(layer.features, self.width, self.max_channels)
-            if layer.block == "conv":
-                # (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), features): every downsampling row
-                x = ConvBNAct(
-                    features,
-                    layer.kernel_size,
-                    layer.strides,
-                    norm=norm,
-                    dtype=self.dtype,
-                    name=layer.name,
-                )(x, train=train)
-            elif layer.block == "c2f":
-                # (B, H, W, features) -> (B, H, W, features)
-                x = C2f(
-                    features,
-                    scale_repeats(layer.repeats, self.depth),
-                    layer.shortcut,
-                    norm=norm,
-                    dtype=self.dtype,
-                    name=layer.name,
-                )(x, train=train)
-            else:
-                raise ValueError(f"unknown block {layer.block!r} in row {layer.name}")
-            last_of_stage = (
-                i + 1 == len(CLASSIFY_BACKBONE) or CLASSIFY_BACKBONE[i + 1].stage != layer.stage
-            )
-            if last_of_stage:
-                self.sow("intermediates", layer.stage, x)
-
         # (B, H/32, W/32, C) -> (B, num_classes)
         return Classify(self.num_classes, self.drop_rate, norm=norm, dtype=self.dtype, name="head")(
             x, train=train
@@ -399,7 +448,7 @@ class YOLOv8Classifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Constructors and registry entries
+# Registered variants: one register_model(name, ...)(partial(YOLOv8Classifier, **config)) per row.
 # ---------------------------------------------------------------------------------------------
 
 # ultralytics.data.augment.classify_transforms: DEFAULT_MEAN = (0, 0, 0), DEFAULT_STD = (1, 1, 1)
@@ -410,62 +459,15 @@ ULTRALYTICS_CLASSIFY_PREPROCESSING = Preprocessing(
 )
 
 
-def _classifier(scale: str, num_classes: int, overrides: dict[str, Any]) -> YOLOv8Classifier:
-    s = CLASSIFY_SCALES[scale]
-    config = {"depth": s.depth, "width": s.width, "max_channels": s.max_channels}
-    return YOLOv8Classifier(**{**config, "num_classes": num_classes, **overrides})
-
-
-@register_model(
-    "yolov8n_cls",
-    family="yolov8",
-    resolution=224,
-    preprocessing=ULTRALYTICS_CLASSIFY_PREPROCESSING,
-    description="YOLOv8n-cls: yolov8-cls.yaml at scale n",
-)
-def yolov8n_cls(*, num_classes: int = 1000, **overrides: Any) -> YOLOv8Classifier:
-    return _classifier("n", num_classes, overrides)
-
-
-@register_model(
-    "yolov8s_cls",
-    family="yolov8",
-    resolution=224,
-    preprocessing=ULTRALYTICS_CLASSIFY_PREPROCESSING,
-    description="YOLOv8s-cls: yolov8-cls.yaml at scale s",
-)
-def yolov8s_cls(*, num_classes: int = 1000, **overrides: Any) -> YOLOv8Classifier:
-    return _classifier("s", num_classes, overrides)
-
-
-@register_model(
-    "yolov8m_cls",
-    family="yolov8",
-    resolution=224,
-    preprocessing=ULTRALYTICS_CLASSIFY_PREPROCESSING,
-    description="YOLOv8m-cls: yolov8-cls.yaml at scale m",
-)
-def yolov8m_cls(*, num_classes: int = 1000, **overrides: Any) -> YOLOv8Classifier:
-    return _classifier("m", num_classes, overrides)
-
-
-@register_model(
-    "yolov8l_cls",
-    family="yolov8",
-    resolution=224,
-    preprocessing=ULTRALYTICS_CLASSIFY_PREPROCESSING,
-    description="YOLOv8l-cls: yolov8-cls.yaml at scale l",
-)
-def yolov8l_cls(*, num_classes: int = 1000, **overrides: Any) -> YOLOv8Classifier:
-    return _classifier("l", num_classes, overrides)
-
-
-@register_model(
-    "yolov8x_cls",
-    family="yolov8",
-    resolution=224,
-    preprocessing=ULTRALYTICS_CLASSIFY_PREPROCESSING,
-    description="YOLOv8x-cls: yolov8-cls.yaml at scale x",
-)
-def yolov8x_cls(*, num_classes: int = 1000, **overrides: Any) -> YOLOv8Classifier:
-    return _classifier("x", num_classes, overrides)
+for _scale, _s in CLASSIFY_SCALES.items():
+    register_model(
+        f"yolov8{_scale}_cls",
+        family="yolov8",
+        resolution=224,
+        preprocessing=ULTRALYTICS_CLASSIFY_PREPROCESSING,
+        description=f"YOLOv8{_scale}-cls: yolov8-cls.yaml at scale {_scale}",
+    )(
+        functools.partial(
+            YOLOv8Classifier, depth=_s.depth, width=_s.width, max_channels=_s.max_channels
+        )
+    )

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxvision.analysis import abstract_variables
 from jaxvision.registry import create_model, model_info
 from jaxvision.weights.common import (
     StateDictReader,
@@ -91,11 +92,7 @@ def convert(
     reader.finish()
     model = create_model(name, **{**model_kwargs, **overrides})
     size = overrides.get("image_size", model_info(name).resolution)
-    expected = jax.eval_shape(
-        lambda: model.init(
-            {"params": jax.random.key(0)}, jnp.zeros((1, size, size, 3), jnp.float32), train=False
-        )
-    )
+    expected = abstract_variables(model, size)
     check_variables(variables, expected)
     return jax.tree.map(jnp.asarray, variables)
 

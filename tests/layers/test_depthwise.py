@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxvision.layers.depthwise import (
+    IMPLEMENTATIONS,
     DepthwiseConv2d,
     depthwise_conv,
     padding_amounts,
-    resolve_implementation,
 )
+from jaxvision.layers.implementation import resolve_implementation
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -109,9 +110,9 @@ def test_module_parameters_and_implementations():
 
 def test_auto_picks_shifted_on_cpu_and_rejects_unknown():
     expected = "shifted" if jax.default_backend() == "cpu" else "xla"
-    assert resolve_implementation("auto") == expected
+    assert resolve_implementation("depthwise", "auto", IMPLEMENTATIONS) == expected
     with pytest.raises(ValueError, match="implementation"):
-        resolve_implementation("winograd")
+        depthwise_conv(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), implementation="winograd")
     with pytest.raises(ValueError, match="padding"):
         depthwise_conv(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), padding="valid")
     with pytest.raises(ValueError, match="channels"):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jaxvision.models import efficientnet
 from jaxvision.models.efficientnet import (
     COMPOUND_SCALING,
+    EfficientNetBackbone,
     MBConv,
     block_specs,
     round_channels,
@@ -222,6 +223,42 @@ def test_forward_shapes_and_stage_strides(size):
         assert inter[name][:3] == (2, side, side), name
     assert inter["stage7"][-1] == round_channels(320, 0.25)
     assert inter["head_output"][-1] == round_channels(1280, 0.25)
+
+
+def test_backbone_returns_the_stage_maps_the_classifier_sows():
+    """forward_features = the standalone backbone on the classifier's variables = the sown maps."""
+    model = create_model("efficientnet_b0", **TINY)
+    backbone = EfficientNetBackbone(width=TINY["width"], depth=TINY["depth"])
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 64, 64, 3)), jnp.float32)
+    variables = _random_variables(model, x)
+
+    orders = []
+
+    @jax.jit
+    def run(variables, x):
+        kwargs = {"train": False, "mutable": ["intermediates"]}
+        _, state = model.apply(variables, x, **kwargs)
+        features, _ = model.apply(variables, x, method="forward_features", **kwargs)
+        alone = backbone.apply(variables, x, train=False)
+        orders.extend([list(features), list(alone)])  # jit's outputs come back key-sorted
+        return state["intermediates"], features, alone
+
+    sown, features, alone = run(variables, x)
+    names = ["stem", *(f"stage{i}" for i in range(1, 8))]
+    assert orders == [names, names]
+    strides = [2, 2, 4, 8, 16, 16, 32, 32]
+    widths = [32, 16, 24, 40, 80, 112, 192, 320]
+    for name, stride, width in zip(names, strides, widths, strict=True):
+        side = 64 // stride
+        assert features[name].shape == (2, side, side, round_channels(width, 0.25)), name
+        np.testing.assert_array_equal(features[name], alone[name])
+        np.testing.assert_array_equal(
+            features[name], sown["stem_output" if name == "stem" else name][0]
+        )
+    # The backbone's own variables are the classifier's without the head.
+    shapes = jax.eval_shape(lambda: backbone.init(jax.random.key(0), x, train=False))
+    assert set(shapes["params"]) == set(variables["params"]) - {"head", "classifier"}
+    assert set(shapes["batch_stats"]) == set(variables["batch_stats"]) - {"head"}
 
 
 def test_parameter_tree_names():

@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 from jaxvision.models import vit
 from jaxvision.models.vit import (
     VisionTransformer,
+    ViTEncoder,
     attention_rollout,
     collect_attention,
     drop_path_rates,
     loop_to_scan_params,
     scan_to_loop_params,
 )
+from jaxvision.registry import create_model
 
 FAST = settings(max_examples=5, deadline=None)
 
@@ -77,7 +79,7 @@ def test_forward_shape_and_float32_logits_in_bfloat16():
      ("vit_h14", 224, 257, 1280)],
 )  # fmt: skip
 def test_position_embedding_is_sized_for_the_image_size(name, image_size, tokens, width):
-    model = getattr(vit, name)(image_size=image_size)
+    model = create_model(name, image_size=image_size)
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     assert shapes["params"]["pos_embed"]["embedding"].shape == (1, tokens, width)
@@ -97,7 +99,7 @@ def test_wrong_image_size_and_patch_size_fail_clearly():
 
 def test_unknown_override_is_a_type_error():
     with pytest.raises(TypeError):
-        vit.vit_ti16(num_classes=10, hidden_dim=5)
+        create_model("vit_ti16", num_classes=10, hidden_dim=5)
 
 
 def test_variant_table_matches_the_papers():
@@ -254,6 +256,34 @@ def test_sown_attention_and_rollout():
     without_attention = {"intermediates": {"encoder_block0": {"tokens": (x,)}}}
     with pytest.raises(ValueError, match="sow_attention"):
         collect_attention(without_attention)
+
+
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_encoder_returns_the_tokens_the_classifier_sows(scan_blocks):
+    """forward_features = the standalone encoder on the classifier's parameters = ``encoded``."""
+    model = VisionTransformer(**TINY, scan_blocks=scan_blocks)
+    encoder_config = {k: v for k, v in TINY.items() if k != "num_classes"}
+    encoder = ViTEncoder(**encoder_config, scan_blocks=scan_blocks)
+    x = _images(4)
+    params = _random_params(model, x, 4)
+
+    @jax.jit
+    def run(params, x):
+        kwargs = {"train": False, "mutable": ["intermediates"]}
+        logits, state = model.apply({"params": params}, x, **kwargs)
+        tokens, _ = model.apply({"params": params}, x, method="forward_features", **kwargs)
+        alone = encoder.apply({"params": params}, x, train=False)
+        return logits, state["intermediates"], tokens, alone
+
+    logits, sown, tokens, alone = run(params, x)
+    assert tokens.shape == (2, (16 // 4) ** 2 + 1, 12)  # (B, N+1, D)
+    np.testing.assert_array_equal(tokens, alone)
+    np.testing.assert_array_equal(tokens, sown["encoded"][0])
+    # The head reads the class token, row 0.
+    head = params["head"]
+    np.testing.assert_allclose(logits, tokens[:, 0] @ head["kernel"] + head["bias"], atol=1e-5)
+    shapes = jax.eval_shape(lambda: encoder.init(jax.random.key(0), x, train=False))
+    assert set(shapes["params"]) == set(params) - {"head"}
 
 
 def test_every_parameter_gets_a_gradient_in_the_scanned_layout():

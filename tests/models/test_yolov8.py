@@ -21,6 +21,7 @@ from jaxvision.models.yolov8 import (
     scale_channels,
     scale_repeats,
 )
+from jaxvision.registry import create_model
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -119,11 +120,17 @@ def test_variant_depths_and_widths():
         assert (got_repeats, got_widths) == (repeats, widths), name
 
 
-def test_backbone_table_mirrors_ultralytics_yaml():
+@pytest.mark.parametrize(
+    "config,rows,scales",
+    [
+        ("yolov8n-cls.yaml", yolov8.CLASSIFY_BACKBONE, yolov8.CLASSIFY_SCALES),
+        ("yolov8n.yaml", yolov8.DETECT_BACKBONE, yolov8.DETECT_SCALES),
+    ],
+)
+def test_backbone_table_mirrors_ultralytics_yaml(config, rows, scales):
     tasks = _ultralytics("ultralytics.nn.tasks")
-    cfg = tasks.yaml_model_load("yolov8n-cls.yaml")
-    assert {k: yolov8.Scale(*v) for k, v in cfg["scales"].items()} == yolov8.CLASSIFY_SCALES
-    rows = yolov8.CLASSIFY_BACKBONE
+    cfg = tasks.yaml_model_load(config)
+    assert {k: yolov8.Scale(*v) for k, v in cfg["scales"].items()} == scales
     assert len(cfg["backbone"]) == len(rows)
     for layer, (source, repeats, module, args) in zip(rows, cfg["backbone"], strict=True):
         assert source == -1
@@ -131,11 +138,22 @@ def test_backbone_table_mirrors_ultralytics_yaml():
             assert layer.block == "conv"
             assert [layer.features, layer.kernel_size, layer.strides] == args
             assert repeats == 1
+        elif module == "SPPF":
+            assert layer.block == "sppf"
+            assert [layer.features, layer.kernel_size] == args
+            assert repeats == 1
         else:
             assert module == "C2f" and layer.block == "c2f"
             assert [layer.features, layer.shortcut] == args
             assert layer.repeats == repeats
-    assert [h[2] for h in cfg["head"]] == ["Classify"]
+    if config.endswith("-cls.yaml"):
+        assert [h[2] for h in cfg["head"]] == ["Classify"]
+    else:
+        # The detection neck reads P4 (row 6) and P3 (row 4), and continues from P5 (row 9):
+        # the last rows of stage4, stage3 and stage5.
+        assert [h[0] for h in cfg["head"][:5]] == [-1, [-1, 6], -1, -1, [-1, 4]]
+        assert rows[6].name == "stage4_c2f" and rows[4].name == "stage3_c2f"
+        assert rows[9].name == "stage5_sppf"
 
 
 # --- Blocks ----------------------------------------------------------------------------------
@@ -200,7 +218,7 @@ def test_sppf_keeps_spatial_size_and_maps_channels(size):
 
 @pytest.mark.parametrize("size", [64, 33])
 def test_stage_outputs_and_strides(size):
-    model = yolov8.yolov8n_cls(num_classes=7)
+    model = create_model("yolov8n_cls", num_classes=7)
     x = jnp.zeros((2, size, size, 3))
 
     def run(x):
@@ -219,8 +237,63 @@ def test_stage_outputs_and_strides(size):
     assert stages == expected
 
 
+def test_backbone_returns_the_stage_maps_the_classifier_sows():
+    """forward_features = the standalone backbone on the classifier's variables = the sown maps."""
+    model = create_model("yolov8n_cls", num_classes=7)
+    backbone = yolov8.YOLOv8Backbone(
+        depth=0.33,
+        width=0.25,
+        bn_epsilon=yolov8.CLASSIFY_BN_EPSILON,
+        bn_momentum=yolov8.CLASSIFY_BN_MOMENTUM,
+    )
+    x = np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    variables = _random_variables(model, x)
+    orders = []
+
+    @jax.jit
+    def run(variables, x):
+        kwargs = {"train": False, "mutable": ["intermediates"]}
+        _, state = model.apply(variables, x, **kwargs)
+        features, _ = model.apply(variables, x, method="forward_features", **kwargs)
+        alone = backbone.apply(variables, x, train=False)
+        orders.extend([list(features), list(alone)])  # jit's outputs come back key-sorted
+        return state["intermediates"], features, alone
+
+    sown, features, alone = run(variables, x)
+    names = [f"stage{k}" for k in range(1, 6)]
+    assert orders == [names, names]
+    for k, (name, channels) in enumerate(zip(names, [16, 32, 64, 128, 256], strict=True), 1):
+        assert features[name].shape == (2, 64 // 2**k, 64 // 2**k, channels)  # stride 2^k
+        np.testing.assert_array_equal(features[name], alone[name])
+        np.testing.assert_array_equal(features[name], sown[name][0])
+    shapes = jax.eval_shape(lambda: backbone.init(jax.random.key(0), x, train=False))
+    assert set(shapes["params"]) == set(variables["params"]) - {"head"}
+
+
+@pytest.mark.parametrize("scale", ["n", "m"])
+def test_detection_backbone_reuses_the_module_with_its_own_table(scale):
+    """DETECT_BACKBONE adds SPPF at P5; the detection scales cap m at 768 channels."""
+    s = yolov8.DETECT_SCALES[scale]
+    backbone = yolov8.YOLOv8Backbone(
+        yolov8.DETECT_BACKBONE, depth=s.depth, width=s.width, max_channels=s.max_channels
+    )
+    variables, features = jax.eval_shape(
+        lambda x: backbone.init_with_output(jax.random.key(0), x, train=False)[::-1],
+        jax.ShapeDtypeStruct((1, 96, 96, 3), jnp.float32),
+    )
+    widths = [scale_channels(c, s.width, s.max_channels) for c in (64, 128, 256, 512, 1024)]
+    assert {k: v.shape for k, v in features.items()} == {
+        f"stage{k}": (1, 96 // 2**k, 96 // 2**k, widths[k - 1]) for k in range(1, 6)
+    }
+    assert set(variables["params"]) == {layer.name for layer in yolov8.DETECT_BACKBONE}
+    sppf = variables["params"]["stage5_sppf"]["conv_merge"]["conv"]["kernel"]
+    assert sppf.shape == (1, 1, 4 * widths[4] // 2, widths[4])
+    if scale == "m":
+        assert widths[4] == 576  # min(1024, 768) * 0.75, where the classifier has 768
+
+
 def test_logits_float32_with_bfloat16_compute():
-    model = yolov8.yolov8n_cls(num_classes=3, dtype=jnp.bfloat16)
+    model = create_model("yolov8n_cls", num_classes=3, dtype=jnp.bfloat16)
     x = jnp.zeros((1, 32, 32, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
@@ -230,8 +303,8 @@ def test_logits_float32_with_bfloat16_compute():
 
 def test_rejects_unknown_override_and_nchw():
     with pytest.raises(TypeError):
-        yolov8.yolov8n_cls(num_classes=10, widht=0.5)
-    model = yolov8.yolov8n_cls(num_classes=10)
+        create_model("yolov8n_cls", num_classes=10, widht=0.5)
+    model = create_model("yolov8n_cls", num_classes=10)
     with pytest.raises(ValueError, match="NCHW"):
         model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)), train=False)
 

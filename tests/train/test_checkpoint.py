@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jaxvision import create_model
-from jaxvision.train import checkpoint as ckpt
 from jaxvision.tasks import ClassificationTask
+from jaxvision.train import checkpoint as ckpt
 from jaxvision.train import create_train_state, make_optimizer, steps
 
 TASK = ClassificationTask(num_classes=10, image_size=16)

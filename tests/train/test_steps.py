@@ -16,10 +16,10 @@ from jaxvision.tasks.classification import cross_entropy, topk_correct
 from jaxvision.train import (
     create_train_state,
     make_optimizer,
+    steps,
     warmup_cosine_schedule,
     weight_decay_mask,
 )
-from jaxvision.train import steps
 
 TASK = ClassificationTask(num_classes=10, image_size=16)
 train_step = functools.partial(steps.train_step, task=TASK)

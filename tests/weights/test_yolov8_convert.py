@@ -11,12 +11,20 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvision.models.yolov8 import SPPF, C2f, yolov8n_cls, yolov8s_cls
+from jaxvision.models.yolov8 import (
+    DETECT_BACKBONE,
+    DETECT_SCALES,
+    SPPF,
+    C2f,
+    YOLOv8Backbone,
+    scale_repeats,
+)
+from jaxvision.registry import create_model
 from jaxvision.weights import WeightConversionError, convert, load_state_dict
 from jaxvision.weights import yolov8 as convert_yolov8
 from jaxvision.weights.common import StateDictReader
 
-CONSTRUCTORS = {"n": yolov8n_cls, "s": yolov8s_cls}
+CONSTRUCTORS = {s: functools.partial(create_model, f"yolov8{s}_cls") for s in ("n", "s")}
 # PyTorch's BatchNorm2d defaults, which standalone ultralytics blocks keep.
 TORCH_DEFAULT_NORM = functools.partial(nn.BatchNorm, epsilon=1e-5, momentum=0.9)
 
@@ -101,6 +109,46 @@ def test_logits_match_ultralytics(torch, reference, scale, size):
     assert np.abs(ref[0] - ref[1]).max() > 50 * atol
     np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
     np.testing.assert_allclose(np.asarray(jax.nn.softmax(got)), probs, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("scale,size", [("n", 77), ("m", 64)])
+def test_detection_backbone_features_match_ultralytics(torch, scale, size):
+    """YOLOv8Backbone with yolov8.yaml's rows gives the P3, P4, P5 maps its detection neck reads."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    layers = DetectionModel(f"yolov8{scale}.yaml", verbose=False).model[: len(DETECT_BACKBONE)]
+    ref = _randomise_batch_norm(torch, torch.nn.Sequential(*layers), seed=4, input_channels=3)
+    s = DETECT_SCALES[scale]
+    reader = StateDictReader(ref.state_dict())
+    params, stats = {}, {}
+    for i, row in enumerate(DETECT_BACKBONE):
+        if row.block == "conv":
+            params[row.name], stats[row.name] = convert_yolov8.conv_bn(reader, str(i))
+        elif row.block == "c2f":
+            repeats = scale_repeats(row.repeats, s.depth)
+            params[row.name], stats[row.name] = convert_yolov8.c2f(reader, str(i), repeats)
+        else:
+            params[row.name], stats[row.name] = convert_yolov8.sppf(reader, str(i))
+    reader.finish()
+
+    x = np.random.default_rng(size).uniform(0.0, 1.0, (1, 3, size, size)).astype(np.float32)
+    outputs, h = [], torch.from_numpy(x)
+    with torch.inference_mode():
+        for layer in ref:
+            h = layer(h)
+            outputs.append(h.numpy().transpose(0, 2, 3, 1))
+    backbone = YOLOv8Backbone(
+        DETECT_BACKBONE, depth=s.depth, width=s.width, max_channels=s.max_channels
+    )  # the detection BatchNorm, eps 1e-3, as initialize_weights sets it
+    assert ref[0].bn.eps == backbone.bn_epsilon
+    features = jax.jit(lambda v, x: backbone.apply(v, x, train=False))(
+        {"params": params, "batch_stats": stats}, x.transpose(0, 2, 3, 1)
+    )
+    for stage, row in (("stage3", 4), ("stage4", 6), ("stage5", 9)):
+        want = outputs[row]
+        np.testing.assert_allclose(features[stage], want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
 @pytest.mark.reference
