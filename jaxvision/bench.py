@@ -568,7 +568,7 @@ def benchmark(
 
     from jaxvision import tasks
 
-    task = tasks.for_model(name, image_size=size)
+    task = tasks.for_model(name, image_size=size, num_classes=model.num_classes)
     jax_step = JaxStep(model, task, mode, batch_size)
     rec.update(jax_step.compile_times)
     rec["compile_peak_rss_mb"] = _mb(jax_step.compile_peak_rss)

@@ -90,7 +90,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     model, size = build_model(
         args.name, num_classes=args.num_classes, image_size=args.image_size, model_args=overrides
     )
-    task = tasks.for_model(args.name, image_size=size, num_classes=args.num_classes)
+    task = tasks.for_model(args.name, image_size=size, num_classes=model.num_classes)
     try:
         rows = layer_table(model, task, depth=args.depth)
     except ValueError as e:  # the model refuses its configuration
@@ -105,7 +105,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     print()
     print(
         f"model:        {args.name} ({info.family}), {size}x{size} input, "
-        f"{args.num_classes} classes"
+        f"{model.num_classes} classes"
     )
     print(
         f"parameters:   {n_params:,} trainable"
@@ -113,7 +113,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     )
     if (
         info.reference_params
-        and args.num_classes == 1000
+        and args.num_classes is None
         and not overrides
         and size == info.resolution
     ):
@@ -384,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="per-layer table, parameter total and FLOPs of one model")
     s.add_argument("name")
     s.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
-    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument(
+        "--num-classes", type=int, help="default: the model's (1000 ImageNet, 80 COCO detection)"
+    )
     s.add_argument("--depth", type=int, default=1, help="module nesting levels to list (default 1)")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_summary)

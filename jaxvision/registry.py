@@ -27,6 +27,7 @@ _MODEL_MODULES = (
     "jaxvision.models.efficientnet",
     "jaxvision.models.vit",
     "jaxvision.models.yolov8",
+    "jaxvision.models.yolov8_detect",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -148,16 +149,20 @@ class ModelArgumentError(ConfigError, TypeError):
     """A model argument (``--model-arg``) that is not a field of the model."""
 
 
-def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, num_classes: int | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model. ``overrides`` replace fields of its configuration.
 
-    The returned Flax module takes NHWC float images: ``model.apply(variables, x, train=...)``.
+    ``num_classes`` defaults to the model's own (1000 for the ImageNet classifiers, 80 for the
+    COCO detectors). The returned Flax module takes NHWC float images:
+    ``model.apply(variables, x, train=...)``.
     """
     entry = _entry(name)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if num_classes is not None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+        overrides["num_classes"] = num_classes
     try:
-        return entry.constructor(num_classes=num_classes, **overrides)
+        return entry.constructor(**overrides)
     except TypeError as e:
         raise ModelArgumentError(f"create_model({name!r}): bad override: {e}") from None
 
@@ -182,7 +187,7 @@ def parse_model_args(items: list[str] | tuple[str, ...] | None) -> dict[str, Any
 def build_model(
     name: str,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     image_size: int | None = None,
     dtype: str = "float32",
     model_args: dict[str, Any] | None = None,

@@ -15,8 +15,9 @@ import jaxvision
 from jaxvision import registry as _registry
 from jaxvision.analysis import abstract_variables, count_params
 
-# Trainable parameters at 1000 classes, as measured with the reference implementations
-# (timm 1.0.31, torchvision 0.29.1, ultralytics 8.4.190; shared/reference/models.json).
+# Parameters at each model's default number of classes (1000; 80 for detection), as measured
+# with the reference implementations (timm 1.0.31, torchvision 0.29.1, ultralytics 8.4.190;
+# shared/reference/models.json).
 GOLDEN_PARAMS = {
     "efficientnet_b0": 5_288_548,
     "efficientnet_b1": 7_794_184,
@@ -45,6 +46,18 @@ GOLDEN_PARAMS = {
     "yolov8m_cls": 17_053_336,
     "yolov8l_cls": 37_480_744,
     "yolov8x_cls": 57_422_840,
+    # Detection and segmentation at 80 classes (the DFL's fixed 16-bin projection included, as
+    # ultralytics counts it).
+    "yolov8n_det": 3_157_200,
+    "yolov8s_det": 11_166_560,
+    "yolov8m_det": 25_902_640,
+    "yolov8l_det": 43_691_520,
+    "yolov8x_det": 68_229_648,
+    "yolov8n_seg": 3_409_968,
+    "yolov8s_seg": 11_821_056,
+    "yolov8m_seg": 27_285_968,
+    "yolov8l_seg": 45_997_728,
+    "yolov8x_seg": 71_827_888,
 }
 
 MODELS = [n for n in jaxvision.list_models() if n != "tiny_test_cnn"]
@@ -146,13 +159,18 @@ def test_every_family_registers_its_variants_the_same_way():
     for name in MODELS:
         constructor = _registry._entry(name).constructor
         assert isinstance(constructor, functools.partial), name
+        if jaxvision.model_info(name).task in ("detection", "segmentation"):
+            assert constructor.func.__name__ == "YOLOv8Detector", name
+            assert not constructor.args and "num_classes" not in constructor.keywords, name
+            continue
         family = jaxvision.model_info(name).family
         assert constructor.func.__name__ == classifiers[family], name
         assert not constructor.args and "num_classes" not in constructor.keywords, name
 
 
 def test_list_models_by_family():
-    assert jaxvision.list_models("yolov8") == [f"yolov8{s}_cls" for s in "lmnsx"]
+    expected = [f"yolov8{s}_{kind}" for s in "lmnsx" for kind in ("cls", "det", "seg")]
+    assert jaxvision.list_models("yolov8") == sorted(expected)
     assert len(jaxvision.list_models("efficientnet")) == 16
 
 
@@ -195,9 +213,15 @@ def test_every_variant_traces_in_train_and_eval_mode(name):
         variables,
         x,
     )
-    logits = out[0] if rest else out
-    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-    assert jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape == (2, 7)
+    outputs = out[0] if rest else out
+    evaluated = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    if isinstance(outputs, dict):  # detection: per-anchor outputs, 16 + 4 + 1 anchors at 32 px
+        for o in (outputs, evaluated):
+            assert o["scores"].shape == (2, 21, 7) and o["distances"].shape == (2, 21, 4)
+            assert all(v.dtype == jnp.float32 for v in o.values())
+        return
+    assert outputs.shape == (2, 7) and outputs.dtype == jnp.float32
+    assert evaluated.shape == (2, 7)
 
 
 @pytest.mark.parametrize("name", GRADIENT_CHECKED)

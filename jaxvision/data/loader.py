@@ -59,6 +59,10 @@ class Source(Protocol):
     def eval_example(self, index: int) -> dict[str, np.ndarray]: ...
 
 
+# A source may also define ``set_epoch(epoch)``: the loader calls it before making an epoch's
+# training examples (e.g. to switch mosaic augmentation off for the last epochs).
+
+
 class ClassificationSource:
     """Examples ``{"image": (S, S, 3) float32, "label": int32}`` of an image-classification data
     set, with the reference evaluation preprocessing and a random-resized-crop augmentation."""
@@ -172,6 +176,8 @@ class BatchLoader:
         makes only its slice ``i`` of ``n`` of each global batch (multi-host data loading)."""
         n = steps_per_epoch(len(self.source), batch_size)
         order = epoch_order(len(self.source), seed, epoch)
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
         index, count = shard
         local = batch_size // count
 

@@ -47,7 +47,7 @@ def eval_source(task: Task, spec: str, split: str, *, info: Any, skip_bad_images
     return module.eval_source(task, spec, split, info, skip_bad_images=skip_bad_images)
 
 
-def for_model(name: str, *, image_size: int, num_classes: int = 1000) -> Task:
+def for_model(name: str, *, image_size: int, num_classes: int) -> Task:
     """The task of registered model ``name`` with default settings, needing no data."""
     from jaxvision.registry import model_info
 
