@@ -218,9 +218,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model, task, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
+    # Default: the data the checkpoint was trained on, else the task's own default.
+    trained_on = (header.get("config") or {}).get("data")
     source = tasks.eval_source(
         task,
-        args.data,
+        args.data or trained_on,
         args.split,
         info=model_info(args.name),
         skip_bad_images=args.skip_bad_images,
@@ -394,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model; last stdout line is a JSON result")
     t.add_argument("name")
     t.add_argument(
-        "--data", default="digits", help="digits | folder:PATH | cifar10:PATH (default digits)"
+        "--data",
+        help="classification: digits (default) | folder:PATH | cifar10:PATH; detection and "
+        "segmentation: shapes (default) | yolo:PATH/data.yaml",
     )
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
@@ -482,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--checkpoint", required=True, help="checkpoint file, checkpoints folder or run folder"
     )
-    e.add_argument("--data", default="digits")
+    e.add_argument(
+        "--data", help="as for train (default: the checkpoint's training data, else digits/shapes)"
+    )
     e.add_argument("--split", choices=("train", "test"), default="test")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--ema", action="store_true", help="evaluate the EMA parameters")

@@ -206,6 +206,8 @@ def average_precision(
     """
     if num_gt <= 0:
         raise ValueError("AP is undefined for a class without ground truth")
+    if len(scores) == 0:  # objects but no detection: nothing recalled, AP 0 (as COCOeval)
+        return np.zeros(np.shape(matched)[0] if np.ndim(matched) == 2 else len(IOU_THRESHOLDS))
     matched = np.asarray(matched, dtype=bool).reshape(-1, len(scores))
     order = sort_by_score(scores)  # stable: ties keep image order, as COCOeval's mergesort
     tp = np.cumsum(matched[:, order], axis=1, dtype=np.float64)

@@ -1,7 +1,7 @@
 """Tasks: what a kind of work (classification, later detection, multimodal) asks of the engine.
 
-``TASKS`` maps the task name a model is registered with (``model_info(name).task``) to its module,
-which provides the :class:`Task` subclass and three constructors:
+``TASKS`` maps the task name a model is registered with (``model_info(name).task``) to what
+provides its three constructors (the task's module, or an object with these attributes):
 
 * ``prepare(config, info, image_size)`` -> (task, train source, held-out source), for training;
 * ``from_header(header, image_size)`` -> the task a checkpoint was trained for;
@@ -11,17 +11,21 @@ which provides the :class:`Task` subclass and three constructors:
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
-from jaxvision.tasks import classification
+from jaxvision.tasks import classification, detection
 from jaxvision.tasks.base import Evaluator, Metrics, Task, masked_mean, masked_sum, summarize
 from jaxvision.tasks.classification import ClassificationTask
+from jaxvision.tasks.detection import DetectionTask
 
-TASKS: dict[str, types.ModuleType] = {"classification": classification}
+TASKS: dict[str, Any] = {
+    "classification": classification,
+    "detection": detection.detection,
+    "segmentation": detection.segmentation,
+}
 
 
-def _module(name: str) -> types.ModuleType:
+def _module(name: str) -> Any:
     try:
         return TASKS[name]
     except KeyError:
@@ -57,6 +61,7 @@ def for_model(name: str, *, image_size: int, num_classes: int) -> Task:
 
 __all__ = [
     "ClassificationTask",
+    "DetectionTask",
     "Evaluator",
     "Metrics",
     "TASKS",

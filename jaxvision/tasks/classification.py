@@ -120,7 +120,8 @@ def from_header(header: dict[str, Any], image_size: int) -> ClassificationTask:
 
 
 def prepare(config: Any, info: Any, image_size: int):
-    """(task, train source, held-out source) for ``jaxvision train`` on ``config.data``.
+    """(task, train source, held-out source) for ``jaxvision train`` on ``config.data``
+    (default ``digits``).
 
     ``config.task_args`` may set ``label_smoothing`` (default 0.1), ``augment`` (``none``,
     ``crop``, ``crop-flip``) and ``crop_min_scale``; without them digits get a crop of at least
@@ -136,11 +137,12 @@ def prepare(config: Any, info: Any, image_size: int):
     smoothing = args.get("label_smoothing", 0.1)
     if not 0 <= smoothing < 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1), got {smoothing}")
+    spec = config.data or "digits"
     datasets = {
-        split: load_dataset(config.data, split, skip_bad_images=config.skip_bad_images)
+        split: load_dataset(spec, split, skip_bad_images=config.skip_bad_images)
         for split in ("train", "test")
     }
-    digits = config.data == "digits"
+    digits = spec == "digits"
     augment = args.get("augment") or (DIGITS_AUGMENT if digits else DEFAULT_AUGMENT)
     scale = scale or (DIGITS_CROP_MIN_SCALE if digits else DEFAULT_CROP_MIN_SCALE)
     common = {"image_size": image_size, "preprocessing": info.preprocessing}
@@ -161,9 +163,15 @@ def prepare(config: Any, info: Any, image_size: int):
 
 
 def eval_source(
-    task: ClassificationTask, spec: str, split: str, info: Any, *, skip_bad_images: bool = False
+    task: ClassificationTask,
+    spec: str | None,
+    split: str,
+    info: Any,
+    *,
+    skip_bad_images: bool = False,
 ) -> ClassificationSource:
-    """The ``split`` of data set ``spec`` for evaluating ``task`` (same number of classes)."""
+    """The ``split`` of data set ``spec`` (default digits) for evaluating ``task``."""
+    spec = spec or "digits"
     ds = load_dataset(spec, split, skip_bad_images=skip_bad_images)
     if ds.num_classes != task.num_classes:
         raise DatasetError(

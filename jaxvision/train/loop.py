@@ -57,7 +57,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class TrainConfig:
     model: str
-    data: str = "digits"
+    data: str | None = None  # None: the task's default (digits; shapes for detection)
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int | None = None

@@ -61,6 +61,10 @@ SCENES = {
         _image([A, B], [0, 1], [A], [0.9], [0]),
         _image([C, B], [2, 1], [C, B], [0.7, 0.6], [2, 1]),
     ],
+    "class_never_detected": [  # class 1 has objects and no detection at all: AP 0 for it
+        _image([A, B], [0, 1], [A], [0.9], [0]),
+        _image([C], [1], [FAR], [0.3], [0]),
+    ],
     "false_positive": [
         _image([A, B], [0, 1], [A, FAR, B], [0.9, 0.95, 0.8], [0, 0, 1]),
         _image([C], [2], [C, FAR], [0.7, 0.1], [2, 2]),
