@@ -248,31 +248,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_image(path: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise CLIError(f"image not found: {path}") from None
+    except Exception as e:  # pillow and its plugins raise many kinds; name the file
+        raise CLIError(f"cannot decode image {path}: {e.__class__.__name__}: {e}") from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import functools
 
     import jax
     import numpy as np
-    from PIL import Image
 
     from jaxvision import model_info
     from jaxvision.data.transforms import eval_transform
+    from jaxvision.tasks import ClassificationTask
     from jaxvision.train.steps import predict_step
 
     model, task, variables, header = _load_for_inference(args.name, args.checkpoint, args.ema)
+    if not isinstance(task, ClassificationTask):
+        return _predict_detections(args, model, task, variables)
     pre = model_info(args.name).preprocessing
     size = task.image_size
-    images = []
-    for path in args.images:
-        try:
-            with Image.open(path) as img:
-                images.append(
-                    eval_transform(img.convert("RGB"), size, pre, centre_crop=not args.no_crop)
-                )
-        except FileNotFoundError:
-            raise CLIError(f"image not found: {path}") from None
-        except Exception as e:  # pillow and its plugins raise many kinds; name the file
-            raise CLIError(f"cannot decode image {path}: {e.__class__.__name__}: {e}") from None
+    images = [
+        eval_transform(_open_image(p), size, pre, centre_crop=not args.no_crop) for p in args.images
+    ]
     batch = {**task.example_batch(len(images)), "image": np.stack(images)}
     predict = jax.jit(functools.partial(predict_step, task=task))
     probs = np.asarray(predict(_inference_state(model, variables), batch))
@@ -283,6 +289,93 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(path)
         for rank, c in enumerate(top, 1):
             print(f"  {rank}. {names[c]:<24} {p[c]:.4f}")
+    return 0
+
+
+def _predict_detections(args: argparse.Namespace, model: Any, task: Any, variables: Any) -> int:
+    """Letterbox each image, detect (NMS at --conf / --iou), map the boxes back to the image,
+    draw them (and the masks) on a copy saved in --save-dir, print one JSON line per image."""
+    import dataclasses
+    import functools
+    from pathlib import Path
+
+    import jax
+    import numpy as np
+
+    from jaxvision.data import letterbox
+    from jaxvision.train.steps import predict_step
+    from jaxvision.visualize import draw_detections
+
+    task = dataclasses.replace(task, conf_threshold=args.conf, iou_threshold=args.iou)
+    names = list(task.class_names or [str(i) for i in range(task.num_classes)])
+    out_dir = Path(args.save_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predict = jax.jit(functools.partial(predict_step, task=task))
+    state = _inference_state(model, variables)
+    for path in args.images:
+        original = _open_image(path)
+        pixels, geometry = letterbox(original, task.image_size)
+        batch = {**task.example_batch(1), "image": pixels[None].astype(np.float32) / 255.0}
+        out = jax.device_get(predict(state, batch))
+        valid = out["valid"][0]
+        boxes = geometry.boxes_to_original(out["boxes"][0][valid])
+        masks = None
+        if task.segmentation:
+            masks = _masks_to_original(out["masks"][0][valid], geometry, task.image_size)
+        detections = [
+            {
+                "class": names[int(c)],
+                "class_id": int(c),
+                "score": round(float(s), 4),
+                "box": [round(float(v), 1) for v in b],
+            }
+            for b, s, c in zip(
+                boxes, out["scores"][0][valid], out["classes"][0][valid], strict=True
+            )
+        ]
+        saved = out_dir / f"{Path(path).stem}_pred.png"
+        draw_detections(
+            original, boxes, out["scores"][0][valid], out["classes"][0][valid], names, masks=masks
+        ).save(saved)
+        _print_json({"image": str(path), "detections": detections, "saved": str(saved)})
+    return 0
+
+
+def _masks_to_original(masks: Any, geometry: Any, size: int):
+    """(N, S/4, S/4) masks of the letterboxed image -> (N, H, W) masks of the original image."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for m in masks:
+        full = Image.fromarray(m.astype(np.uint8) * 255).resize(
+            (size, size), Image.Resampling.BILINEAR
+        )
+        x0, y0 = geometry.pad_x, geometry.pad_y
+        x1 = x0 + round(geometry.width * geometry.scale)
+        y1 = y0 + round(geometry.height * geometry.scale)
+        crop = full.crop((x0, y0, x1, y1)).resize(
+            (geometry.width, geometry.height), Image.Resampling.BILINEAR
+        )
+        out.append(np.asarray(crop) > 127)
+    return np.stack(out) if out else np.zeros((0, geometry.height, geometry.width), bool)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxvision.data import ShapesDataset, export_yolo
+
+    if args.dataset != "shapes":
+        raise CLIError(f"unknown data set {args.dataset!r}; jaxvision data knows: shapes")
+    out = Path(args.output)
+    train = ShapesDataset("train", seed=args.seed, image_size=args.image_size)
+    val = ShapesDataset("val", seed=args.seed, image_size=args.image_size)
+    yaml = export_yolo(train, val, out, segments=args.segments)
+    print(
+        f"wrote {len(train)} train and {len(val)} val images with labels to {out}", file=sys.stderr
+    )
+    print(yaml)
     return 0
 
 
@@ -496,7 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
-    r = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
+    r = sub.add_parser(
+        "predict",
+        help="classifiers: top-5 classes with probabilities; detectors: boxes (and masks) drawn "
+        "on each image and one JSON line per image",
+    )
     r.add_argument("name")
     r.add_argument("images", nargs="+", metavar="IMAGE")
     r.add_argument("--checkpoint", required=True)
@@ -505,7 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--no-crop", action="store_true", help="resize the whole image instead of centre-cropping"
     )
+    r.add_argument("--conf", type=float, default=0.25, help="detection: confidence threshold")
+    r.add_argument("--iou", type=float, default=0.7, help="detection: NMS IoU threshold")
+    r.add_argument(
+        "--save-dir", default="runs/predict", help="detection: where the drawn pictures go"
+    )
     r.set_defaults(fn=cmd_predict)
+
+    d = sub.add_parser("data", help="export a bundled data set to disk (the YOLO layout)")
+    d.add_argument("dataset", choices=("shapes",), help="the generated shapes data set")
+    d.add_argument("--output", required=True, help="folder for images/, labels/ and data.yaml")
+    d.add_argument("--image-size", type=int, default=128, help="image side in pixels")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--segments", action="store_true", help="write polygon (segmentation) labels, not boxes"
+    )
+    d.set_defaults(fn=cmd_data)
 
     c = sub.add_parser("convert", help="convert a timm / torchvision / ultralytics checkpoint")
     c.add_argument("name")
