@@ -467,6 +467,26 @@ class TorchStep:
         )
         self.labels = torch.randint(0, 1000, (batch,), generator=gen).to(self.device)
         self.autocast = dtype == "bfloat16"
+        # Ultralytics detection/segmentation models train through their own loss (model.loss):
+        # the same v8DetectionLoss jaxvision's DetectionTask reproduces, here on images without
+        # objects, as jaxvision's side is timed on the task's example batch (no objects either).
+        self.detection = (
+            hasattr(module, "loss")
+            and hasattr(module, "model")
+            and (type(module.model[-1]).__name__ in ("Detect", "Segment"))
+        )
+        if self.detection:
+            from ultralytics.cfg import get_cfg
+
+            self.model.args = get_cfg()
+            empty = torch.zeros(0, device=self.device)
+            self.batch = {
+                "img": self.images,
+                "batch_idx": empty,
+                "cls": empty[:, None],
+                "bboxes": torch.zeros(0, 4, device=self.device),
+                "masks": torch.zeros(batch, size // 4, size // 4, device=self.device),
+            }
         if mode == "inference":
             self.model.eval()
         else:
@@ -487,8 +507,11 @@ class TorchStep:
                     self.model(self.images)
             else:
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = self.model(self.images)
-                loss = torch.nn.functional.cross_entropy(logits.float(), self.labels)
+                if self.detection:
+                    loss = self.model.loss(self.batch)[0].sum()
+                else:
+                    logits = self.model(self.images)
+                    loss = torch.nn.functional.cross_entropy(logits.float(), self.labels)
                 loss.backward()
                 self.optimizer.step()
         self._sync()

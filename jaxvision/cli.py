@@ -230,6 +230,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loader = BatchLoader(source)
     mesh = distributed.make_mesh()
     batch = args.batch_size - args.batch_size % mesh.devices.size or mesh.devices.size
+    evaluator = task.evaluator()
     try:
         metrics = evaluate(
             _inference_state(model, variables),
@@ -238,9 +239,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch,
             mesh=mesh,
             progress=not args.no_progress,
+            evaluator=evaluator,
         )
     finally:
         loader.close()
+    for line in getattr(evaluator, "report", lambda: [])():
+        print(line, file=sys.stderr)
     # "epochs": completed training epochs of the checkpoint (0 for converted weights).
     _print_json(
         _result_line(args.name, metrics, int(header.get("epoch", 0)), time.perf_counter() - t0)

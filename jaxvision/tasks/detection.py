@@ -174,6 +174,16 @@ class _Evaluators:
             out.update(e.result())
         return out
 
+    def report(self) -> list[str]:
+        """Per-class AP as a small table (``jaxvision eval`` prints it to stderr)."""
+        lines = []
+        for e in self.evaluators:
+            kind = "mask" if e.iou_type == "segm" else "box"
+            lines.append(f"{'class':<16} {kind} AP50   {kind} AP50-95")
+            for name, (ap50, ap) in e.per_class().items():
+                lines.append(f"{name!s:<16} {ap50:9.4f}   {ap:12.4f}")
+        return lines
+
 
 @dataclasses.dataclass(frozen=True)
 class DetectionTask(Task):

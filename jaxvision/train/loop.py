@@ -160,12 +160,14 @@ def evaluate(
     eval_fn: Any = None,
     use_ema: bool = False,
     progress: bool = False,
+    evaluator: Any = None,
 ) -> dict[str, float]:
     """The task's metrics over every example of ``loader``'s source (none dropped, padding never
-    counted): the means of its metric pairs, plus its host-side evaluator's results."""
+    counted): the means of its metric pairs, plus its host-side evaluator's results (pass
+    ``evaluator`` to keep it, e.g. for per-class figures; default ``task.evaluator()``)."""
     mesh = mesh or distributed.make_mesh()
     eval_fn = eval_fn or jax.jit(functools.partial(eval_step, task=task, use_ema=use_ema))
-    evaluator = task.evaluator()
+    evaluator = evaluator if evaluator is not None else task.evaluator()
     sums = None
     n = len(loader.source)
     shard = distributed.process_shard()
