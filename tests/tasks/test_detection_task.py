@@ -125,13 +125,14 @@ def test_padding_images_change_nothing():
     rng = np.random.default_rng(1)
     outputs, batch = _scene(rng, [2, 3])
     task = DetectionTask(num_classes=C, image_size=S, max_objects=M, segmentation=True)
-    _, metrics = task.loss(outputs, batch)
+    loss = jax.jit(task.loss)
+    _, metrics = loss(outputs, batch)
     padded_out, padded = _scene(np.random.default_rng(2), [2, 3, 4])
     padded_out = {k: np.concatenate([v, padded_out[k][2:]]) for k, v in outputs.items()}
     padded = {k: np.concatenate([v, padded[k][2:]]) for k, v in batch.items()}
     padded["mask"][2] = 0  # the third image is padding
     padded["box_mask"][2] = 0  # whose objects the loader zeroes too
-    _, padded_metrics = task.loss(padded_out, padded)
+    _, padded_metrics = loss(padded_out, padded)
     mean = lambda m, name: float(m[name][0] / m[name][1])
     for name in ("box", "cls", "dfl", "seg", "loss"):
         assert mean(padded_metrics, name) == pytest.approx(mean(metrics, name), rel=1e-5), name

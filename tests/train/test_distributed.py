@@ -102,6 +102,8 @@ def test_cli_prints_the_same_line_with_one_and_eight_devices(tmp_path):
         "--seed",
         "0",
         "--no-progress",
+        "--max-steps",
+        "6",  # the compiles are the point; 6 steps of 22 keep the test at a minute a side
     ]
     one = _train(args, _env(), model_script=False)
     eight = _train(args, _env(8), model_script=False)
