@@ -10,7 +10,8 @@ multimodal model lives in a :class:`Task`:
 * :meth:`Task.loss` - ``(loss, metrics)`` from the model's outputs and the batch. ``loss`` is the
   scalar to minimise; ``metrics`` maps a name to a ``(sum, count)`` pair, so an average over
   devices, batches and a resumed epoch is exact and padded examples (``batch["mask"] == 0``)
-  never count. (The idea of scenic's ``(sum, normaliser)`` metric pairs.)
+  never count. (The idea of scenic's ``(sum, normaliser)`` metric pairs.) Report a ``"loss"``
+  pair: the loop watches it for NaN and shows it in the progress bar.
 * :meth:`Task.predict` - a jittable function from outputs to predictions (probabilities, boxes).
 * :meth:`Task.evaluator` - a host-side :class:`Evaluator` (``update`` per batch, ``result`` at the
   end) for metrics that cannot be summed on device, such as mAP or ROUGE; ``None`` if all

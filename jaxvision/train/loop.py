@@ -332,8 +332,11 @@ def _setup(
 
 
 def _check_finite(pairs: dict[str, list[float]], epoch: int, first: int, last: int) -> None:
-    loss = pairs["loss"][0] / max(pairs["loss"][1], 1.0)
-    if not math.isfinite(loss):
+    # The task's "loss" pair if it reports one, else every metric: a NaN anywhere stops the run.
+    watched = [pairs["loss"]] if "loss" in pairs else list(pairs.values())
+    bad = [s / max(c, 1.0) for s, c in watched if not math.isfinite(s / max(c, 1.0))]
+    if bad:
+        loss = bad[0]
         where = f"step {last}" if first == last else f"steps {first}-{last}"
         raise NonFiniteLossError(
             f"loss became {loss} at epoch {epoch + 1}, {where}; stopping (lower --lr or enable "
