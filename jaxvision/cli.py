@@ -388,7 +388,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     import jaxvision
     from jaxvision import tasks, weights
-    from jaxvision.analysis import abstract_variables
     from jaxvision.registry import build_model, parse_model_args
     from jaxvision.train import checkpoint as ckpt
     from jaxvision.train.finetune import merge_matching
@@ -415,7 +414,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         for line in report.lines():
             print(line, file=sys.stderr)
         classes = args.num_classes
-        abstract_variables(model, task)  # the merged tree fits the new model by construction
     header = {
         "model": args.name,
         "task": info.task,
