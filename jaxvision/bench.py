@@ -22,13 +22,24 @@ random values; the inference step is ``model.apply(variables, *inputs, train=Fal
 step is the library's own :func:`jaxvision.train.steps.train_step` for that task with SGD
 momentum, jitted with ``donate_argnums=0`` exactly as :func:`jaxvision.train.loop.fit` runs it.
 
-When PyTorch and the reference package of the family (timm, torchvision, ultralytics) import, the
-same run times the reference model in its best CPU configuration: ``channels_last`` for
+When PyTorch and the reference package of the family (timm, torchvision, ultralytics) are
+installed, the reference model is timed too, in its best CPU configuration: ``channels_last`` for
 convolutional networks, ``torch.inference_mode`` and ``eval()`` for inference, ``train()`` and a
 full ``zero_grad / forward / cross-entropy / backward / SGD step`` for training, as many threads as
-JAX uses, same batch and resolution. JAX and PyTorch steps are timed in alternating blocks so that
-load from other processes falls on both alike. The ratio reported is jaxvision / PyTorch
-(higher is better for jaxvision).
+JAX uses, same batch and resolution. It runs in a process of its own (:func:`run_torch_worker`:
+``python -m jaxvision.bench --torch-worker SPEC`` prints one JSON line), started after JAX's steps
+are timed, with this process's cores. In the same process as JAX, PyTorch's convolutional
+networks ran 25-40% slower than alone (EfficientNet-B0 train step 7.5 vs 12.5 img/s, inference
+30.7 vs 40 img/s, idle machine), which flattered the ratio; this process never imports torch. The
+two frameworks therefore run one after the other, not in alternating blocks, and each record
+notes the load just before each (``load_before`` / ``torch_load_before``: the 1-minute load
+average; ``busy_cores_before`` / ``torch_busy_cores_before``: the cores other processes kept busy
+over the half second before the timed steps, which, unlike the load average, does not remember the
+previous measurement). The ratio reported is jaxvision / PyTorch (higher is better for jaxvision).
+
+``--list-fallbacks`` prints which library runs every convolution and dot of the compiled step
+(:mod:`jaxvision.xla_ops`: YNNPACK, oneDNN, or Eigen, XLA:CPU's slow fallback) and counts the
+Eigen ones in the record.
 
 Every (model, mode) appends one JSON object (or CSV row) to ``--output`` with the device, the
 library versions and the command line. See benchmarks/README.md for the method and the results.
@@ -98,7 +109,9 @@ FIELDS = (
     "peak_rss_mb", "peak_rss_delta_mb", "compile_peak_rss_mb", "xla_memory_mb", "device_peak_mb",
     "matmul_peak_gflops", "achieved_gflops", "utilisation",
     "torch_reference", "torch_step_ms", "torch_images_per_s", "torch_peak_rss_delta_mb",
-    "ratio_vs_torch", "error", "load_before", "load_after",
+    "torch_threads", "ratio_vs_torch", "error", "load_before", "load_after", "busy_cores_before",
+    "torch_load_before", "torch_busy_cores_before", "eigen_convolutions", "eigen_dots",
+    "library_calls", "compilation_cache", "xla_flags",
     "device", "platform", "cpu", "cpu_count", "threads", "python_version", "jax_version",
     "jaxlib_version", "flax_version", "torch_version", "timm_version", "torchvision_version",
     "ultralytics_version", "command",
@@ -153,6 +166,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads", type=int, help="CPU cores for JAX and PyTorch alike (default: all available)"
+    )
+    parser.add_argument(
+        "--list-fallbacks",
+        action="store_true",
+        help="print every convolution and dot of the compiled step with the library that runs "
+        "it (YNNPACK, oneDNN, or Eigen: the slow fallback), Eigen first",
+    )
+    # Internal: time the PyTorch reference described by a JSON spec, print one JSON line.
+    parser.add_argument("--torch-worker", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compilation-cache",
+        action="store_true",
+        help="load compiled steps from the persistent compilation cache (and fill it): the "
+        "compile times are then those of a warm start, not of a cold compile",
     )
 
 
@@ -391,6 +418,12 @@ class JaxStep:
 
         self.materialise = materialise
 
+    def release(self) -> None:
+        """Drop the concrete state and inputs (before another process needs the memory)."""
+        for attr in ("variables", "inputs", "state", "batch"):
+            self.__dict__.pop(attr, None)
+        trim_heap()
+
     def __call__(self) -> None:
         import jax
 
@@ -405,12 +438,15 @@ class JaxStep:
 
 
 def torch_versions() -> dict[str, str | None]:
+    """Installed versions of the reference packages, read without importing them (PyTorch is
+    only ever imported by the worker process)."""
+    from importlib import metadata
+
     out: dict[str, str | None] = {}
     for package in ("torch", "timm", "torchvision", "ultralytics"):
         try:
-            module = __import__(package)
-            out[f"{package}_version"] = getattr(module, "__version__", None)
-        except Exception:
+            out[f"{package}_version"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             out[f"{package}_version"] = None
     return out
 
@@ -449,13 +485,24 @@ def build_torch_reference(name: str, image_size: int, num_classes: int = 1000):
 class TorchStep:
     """The reference PyTorch model's inference or train step in its best CPU configuration."""
 
-    def __init__(self, module: Any, family: str, mode: str, batch: int, size: int, dtype: str):
+    def __init__(
+        self,
+        module: Any,
+        family: str,
+        mode: str,
+        batch: int,
+        size: int,
+        dtype: str,
+        device: str | None = None,
+    ):
         import torch
 
         self.torch = torch
         self.mode = mode
+        if device is None:  # the device JAX runs on
+            device = "cuda" if _jax_platform() == "gpu" else "cpu"
         self.device = torch.device(
-            "cuda" if _jax_platform() == "gpu" and torch.cuda.is_available() else "cpu"
+            "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         )
         memory_format = (
             torch.channels_last if family in CONVNET_FAMILIES else torch.contiguous_format
@@ -523,6 +570,82 @@ def _jax_platform() -> str:
     return jax.default_backend()
 
 
+def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time the PyTorch reference of ``spec`` in this process; what :func:`run_torch_worker`
+    runs in a process of its own (``python -m jaxvision.bench --torch-worker SPEC``).
+
+    ``spec``: name, family, mode, batch_size, image_size, dtype, warmup, iters, threads, device.
+    Returns ``torch_reference`` (what was built, or why nothing was), the seconds of every timed
+    step (``torch_step_times``), the resident-set growth of allocation and warm-up, the threads
+    PyTorch used, and the load just before (1-minute load average and busy cores). No JAX
+    backend is started in this process.
+    """
+    out: dict[str, Any] = {
+        "torch_load_before": _load_average(),
+        "torch_busy_cores_before": busy_cores(),
+    }
+    try:
+        import torch
+    except ImportError as e:
+        return {**out, "torch_reference": f"torch not importable ({e})"}
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(0)
+    # ultralytics prints a model summary on stdout, which carries this worker's result.
+    with contextlib.redirect_stdout(sys.stderr):
+        module, description = build_torch_reference(spec["name"], spec["image_size"])
+        out["torch_reference"] = description
+        if module is None:
+            return out
+        reset_peak_rss()
+        rss_before = current_rss_bytes()
+        step = TorchStep(
+            module,
+            spec["family"],
+            spec["mode"],
+            spec["batch_size"],
+            spec["image_size"],
+            spec["dtype"],
+            device=spec.get("device", "cpu"),
+        )
+        time_interleaved([step], spec["warmup"], 0)
+        out["torch_peak_rss_delta_mb"] = _mb(peak_rss_bytes() - rss_before)
+        (times,) = time_interleaved([step], 0, spec["iters"])
+    out["torch_step_times"] = times
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def run_torch_worker(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """:func:`torch_worker` in a fresh Python process; its result, or why there is none.
+
+    The process inherits this one's CPU affinity (``--threads``) and environment; its stderr
+    (ultralytics' model summary, warnings) is shown only when it fails.
+    """
+    import subprocess
+
+    import jaxvision
+
+    env = dict(os.environ)
+    root = str(Path(jaxvision.__file__).resolve().parent.parent)  # this jaxvision, not another
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "jaxvision.bench", "--torch-worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"torch_reference": f"PyTorch worker timed out after {timeout} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    err = proc.stderr.strip().splitlines()
+    print(proc.stderr[-4000:], file=sys.stderr)
+    reason = err[-1] if err else f"exit status {proc.returncode}"
+    return {"torch_reference": f"PyTorch worker failed: {reason}"[:300]}
+
+
 # --------------------------------------------------------------------------------- one record
 
 
@@ -548,6 +671,7 @@ def environment(threads: int) -> dict[str, Any]:
         "jax_version": jax.__version__,
         "jaxlib_version": jaxlib.__version__,
         "flax_version": flax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -564,8 +688,13 @@ def benchmark(
     torch_reference: bool = True,
     compile_only: bool = False,
     threads: int | None = None,
+    list_fallbacks: bool = False,
 ) -> dict[str, Any]:
-    """Measure one (model, mode); returns the result record (without environment fields)."""
+    """Measure one (model, mode); returns the result record (without environment fields).
+
+    ``list_fallbacks``: also print the library of every convolution and dot of the compiled step
+    (:mod:`jaxvision.xla_ops`) and count those on Eigen in the record.
+    """
     from jaxvision.analysis import abstract_variables, count_params
 
     load_before = _load_average()
@@ -599,6 +728,18 @@ def benchmark(
         None if jax_step.xla_flops is None else round(jax_step.xla_flops / batch_size)
     )
     rec["xla_memory_mb"] = _mb(jax_step.xla_memory)
+    if list_fallbacks:
+        from jaxvision import xla_ops
+
+        calls = xla_ops.library_calls(jax_step.compiled)
+        counts = xla_ops.summary(calls)
+        rec["eigen_convolutions"] = counts[xla_ops.EIGEN]["convolution"]
+        rec["eigen_dots"] = counts[xla_ops.EIGEN]["dot"]
+        rec["library_calls"] = json.dumps(counts, sort_keys=True)
+        print(f"\n{name} {mode} (batch {batch_size}, {size} px): {len(calls)} convolutions and "
+              f"dots, {rec['eigen_convolutions']} convolutions and {rec['eigen_dots']} dots on "
+              "Eigen", flush=True)  # fmt: skip
+        print(xla_ops.format_calls(calls), flush=True)
     if compile_only:
         return rec
 
@@ -609,34 +750,13 @@ def benchmark(
     rec["peak_rss_delta_mb"] = _mb(peak_rss_bytes() - jax_step.rss_before)
     rec["device_peak_mb"] = _mb(_device_peak_bytes())
 
-    steps: list[Callable[[], Any]] = [jax_step]
-    torch_step = None
-    if torch_reference:
-        try:
-            import torch
-        except ImportError:
-            rec["torch_reference"] = "torch not importable"
-        else:
-            if threads:
-                torch.set_num_threads(threads)
-            torch.manual_seed(0)
-            # ultralytics prints a model summary on stdout, which is the results table's.
-            with contextlib.redirect_stdout(sys.stderr):
-                module, description = build_torch_reference(name, size)
-            rec["torch_reference"] = description
-            if module is not None:
-                reset_peak_rss()
-                rss_before = current_rss_bytes()
-                torch_step = TorchStep(module, info.family, mode, batch_size, size, dtype)
-                time_interleaved([torch_step], warmup, 0)
-                rec["torch_peak_rss_delta_mb"] = _mb(peak_rss_bytes() - rss_before)
-                steps.append(torch_step)
-
-    times = time_interleaved(steps, 0, iters)
-    step_s = statistics.median(times[0])
+    # JAX's timed steps, in one block; the other processes' CPU use just before them is noted.
+    rec["busy_cores_before"] = busy_cores()
+    (times,) = time_interleaved([jax_step], 0, iters)
+    step_s = statistics.median(times)
     rec.update(
         step_ms=round(step_s * 1e3, 3),
-        step_ms_min=round(min(times[0]) * 1e3, 3),
+        step_ms_min=round(min(times) * 1e3, 3),
         images_per_s=round(batch_size / step_s, 3),
         timed_steps=iters,
         warmup_steps=warmup,
@@ -646,13 +766,55 @@ def benchmark(
     rec["matmul_peak_gflops"] = round(peak / 1e9, 2)
     rec["achieved_gflops"] = round(achieved / 1e9, 2)
     rec["utilisation"] = round(achieved / peak, 4)
-    if torch_step is not None:
-        torch_s = statistics.median(times[1])
-        rec["torch_step_ms"] = round(torch_s * 1e3, 3)
-        rec["torch_images_per_s"] = round(batch_size / torch_s, 3)
-        rec["ratio_vs_torch"] = round(torch_s / step_s, 3)
     rec["load_after"] = _load_average()
+
+    if torch_reference:
+        # PyTorch in a process of its own, after JAX's steps: the same threads (this process's
+        # cores are inherited), batch, resolution and dtype.
+        jax_step.release()
+        spec = {
+            "name": name,
+            "family": info.family,
+            "mode": mode,
+            "batch_size": batch_size,
+            "image_size": size,
+            "dtype": dtype,
+            "warmup": warmup,
+            "iters": iters,
+            "threads": threads,
+            "device": "cuda" if _jax_platform() == "gpu" else "cpu",
+        }
+        ref = run_torch_worker(spec)
+        times = ref.pop("torch_step_times", None)
+        rec.update({k: v for k, v in ref.items() if k in FIELDS})
+        if times:
+            torch_s = statistics.median(times)
+            rec["torch_step_ms"] = round(torch_s * 1e3, 3)
+            rec["torch_images_per_s"] = round(batch_size / torch_s, 3)
+            rec["ratio_vs_torch"] = round(torch_s / step_s, 3)
     return rec
+
+
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """CPU cores kept busy by every process on the machine over the next ``seconds`` (Linux
+    ``/proc/stat``). Sampled while this process waits, it measures the other processes' load
+    as it is now, where the 1-minute load average still remembers the last measurement."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return round((busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1), 2)
 
 
 def _load_average() -> float | None:
@@ -703,6 +865,8 @@ TABLE_HEADER = (
 
 def _table_row(r: dict[str, Any]) -> tuple[str, ...]:
     name = r["model"] + (f" {r['model_args']}" if r.get("model_args") else "")
+    if r.get("compilation_cache") in (True, "True", "true", 1.0):  # JSON, or read from a CSV
+        name += " [cache on]"  # compile times may be loads from the persistent cache
     if r.get("error"):
         return (name, r["mode"], str(r.get("batch_size", "")), "", f"error: {r['error']}"[:70],
                 *[""] * 7)  # fmt: skip
@@ -840,6 +1004,13 @@ def main(args: argparse.Namespace) -> int:
     Bad usage (unknown model, no model, non-positive counts) raises ValueError / UnknownModelError,
     which ``jaxvision bench`` reports in one line with exit status 2.
     """
+    if getattr(args, "torch_worker", None):
+        print(json.dumps(torch_worker(json.loads(args.torch_worker))), flush=True)
+        return 0
+    if not args.no_torch and not args.compile_only:
+        # On a GPU, JAX would otherwise take 75% of the memory when its backend starts and keep
+        # it while the PyTorch worker runs (no effect on CPU, nor once the backend has started).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if args.from_file:
         records = read_results(args.from_file)
         if args.models:
@@ -848,6 +1019,12 @@ def main(args: argparse.Namespace) -> int:
         if args.plot:
             plot_results(records, args.plot)
         return 0
+    if getattr(args, "compilation_cache", False) and not getattr(
+        args, "no_compilation_cache", False
+    ):
+        from jaxvision import compilation_cache
+
+        compilation_cache.enable()
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         return _run(args, limit_threads(args.threads))
@@ -878,6 +1055,10 @@ def _run(args: argparse.Namespace, threads: int) -> int:
     model_args = parse_model_args(args.model_arg)
 
     env = environment(threads)
+    from jaxvision import compilation_cache
+
+    # Whether compile times are cold (False) or may come from the persistent cache (True).
+    env["compilation_cache"] = compilation_cache.active_dir() is not None
     env["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     if not args.no_torch:
         env.update(torch_versions())
@@ -903,6 +1084,7 @@ def _run(args: argparse.Namespace, threads: int) -> int:
                     torch_reference=not args.no_torch,
                     compile_only=args.compile_only,
                     threads=threads,
+                    list_fallbacks=args.list_fallbacks,
                 )
             except Exception as e:  # one failing model must not lose the sweep's other results
                 if os.environ.get("JAXVISION_DEBUG"):
@@ -951,5 +1133,7 @@ __all__ = [
     "matmul_peak_flops",
     "parse_model_args",
     "plot_results",
+    "run_torch_worker",
+    "torch_worker",
     "TORCH_REFERENCES",
 ]

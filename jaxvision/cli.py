@@ -6,6 +6,12 @@ status 2; a NaN loss exits with 1; nothing is lost. Any other exception is a bug
 traceback. Set ``JAXVISION_DEBUG=1`` to see the traceback of user errors too.
 Training and evaluation print exactly one JSON object as the last line of stdout; progress bars
 and logs go to stderr.
+
+The commands that compile (summary, train, eval, predict, convert) first switch on JAX's persistent
+compilation cache (:mod:`jaxvision.compilation_cache`), so a second start compiles nothing it
+compiled before; ``--no-compilation-cache`` (before or after the command name) or
+``JAXVISION_COMPILATION_CACHE=0`` turns it off. ``bench`` measures cold compiles and leaves it off
+unless given ``--compilation-cache``.
 """
 
 from __future__ import annotations
@@ -465,12 +471,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- parser
 
 
+NO_CACHE_HELP = (
+    "do not use the persistent compilation cache (also JAXVISION_COMPILATION_CACHE=0); it is on "
+    "by default for the commands that compile, in $JAXVISION_CACHE_DIR or ~/.cache/jaxvision/xla"
+)
+
+
+def _cache_option(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    """``--no-compilation-cache``, accepted before the command name and after it."""
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        # A sub-command's default would overwrite the value given before the command name.
+        default=False if top_level else argparse.SUPPRESS,
+        help=NO_CACHE_HELP,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxvision",
         description="Landmark vision architectures in JAX/Flax: list, inspect, train, evaluate, "
         "predict, convert reference weights, benchmark.",
     )
+    _cache_option(p, top_level=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("models", help="table of every registered model")
@@ -486,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--depth", type=int, default=1, help="module nesting levels to list (default 1)")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE")
-    s.set_defaults(fn=cmd_summary)
+    _cache_option(s)
+    s.set_defaults(compilation_cache=True, fn=cmd_summary)
 
     t = sub.add_parser("train", help="train a model; last stdout line is a JSON result")
     t.add_argument("name")
@@ -574,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the running metrics to the host (progress bar, NaN check) every STEPS steps",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t.set_defaults(fn=cmd_train)
+    _cache_option(t)
+    t.set_defaults(compilation_cache=True, fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints the same JSON line as train")
     e.add_argument("name")
@@ -589,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ema", action="store_true", help="evaluate the EMA parameters")
     e.add_argument("--skip-bad-images", action="store_true")
     e.add_argument("--no-progress", action="store_true")
-    e.set_defaults(fn=cmd_eval)
+    _cache_option(e)
+    e.set_defaults(compilation_cache=True, fn=cmd_eval)
 
     r = sub.add_parser(
         "predict",
@@ -609,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--save-dir", default="runs/predict", help="detection: where the drawn pictures go"
     )
-    r.set_defaults(fn=cmd_predict)
+    _cache_option(r)
+    r.set_defaults(compilation_cache=True, fn=cmd_predict)
 
     d = sub.add_parser("data", help="export a bundled data set to disk (the YOLO layout)")
     d.add_argument("dataset", choices=("shapes",), help="the generated shapes data set")
@@ -637,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed); every other array is converted",
     )
     c.add_argument("--seed", type=int, default=0, help="for a new classifier (default 0)")
-    c.set_defaults(fn=cmd_convert)
+    _cache_option(c)
+    c.set_defaults(compilation_cache=True, fn=cmd_convert)
 
     b = sub.add_parser(
         "bench", help="compile time, throughput, memory, FLOPs, utilisation (vs PyTorch)"
@@ -645,13 +674,27 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxvision.bench import add_arguments
 
     add_arguments(b)
+    _cache_option(b)
     b.set_defaults(fn=cmd_bench)
+
     return p
+
+
+def start_compilation_cache(args: argparse.Namespace) -> None:
+    """Before anything compiles: the persistent compilation cache on for the commands that
+    compile (bench only with ``--compilation-cache``), off with ``--no-compilation-cache``."""
+    from jaxvision import compilation_cache
+
+    if args.no_compilation_cache:
+        compilation_cache.disable()
+    elif getattr(args, "compilation_cache", False):
+        compilation_cache.enable()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    start_compilation_cache(args)
     from jaxvision.train.loop import NonFiniteLossError
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 
 import pytest
 
@@ -121,9 +122,64 @@ def test_side_by_side_with_pytorch(tmp_path):
     _assert_measured(rec)
     assert rec["torch_reference"] == "timm vit_tiny_patch16_224"
     assert rec["threads"] >= 1 and rec["torch_version"]
-    for key in ("torch_step_ms", "torch_images_per_s", "ratio_vs_torch"):
+    assert rec["torch_threads"] == rec["threads"]  # the worker ran with the same threads
+    for key in ("torch_step_ms", "torch_images_per_s", "ratio_vs_torch", "torch_load_before"):
         assert rec[key] > 0, key
     assert math.isclose(rec["ratio_vs_torch"], rec["torch_step_ms"] / rec["step_ms"], rel_tol=0.01)
+
+
+def _spec(**overrides):
+    spec = {"name": "vit_ti16", "family": "vit", "mode": "train", "batch_size": 2,
+            "image_size": 32, "dtype": "float32", "warmup": 1, "iters": 3, "threads": 1,
+            "device": "cpu"}  # fmt: skip
+    return {**spec, **overrides}
+
+
+def test_pytorch_is_timed_by_a_worker_process_and_never_imported_here(tiny, tmp_path, monkeypatch):
+    """JAX is timed here, then the worker's step times give the PyTorch columns; this process
+    never imports torch (``import torch`` would fail: sys.modules holds None for it)."""
+    specs = []
+
+    def fake_worker(spec, timeout=None):
+        specs.append(spec)
+        return {"torch_reference": "fake reference", "torch_step_times": [0.3, 0.1, 0.2],
+                "torch_threads": spec["threads"], "torch_load_before": 0.5,
+                "torch_busy_cores_before": 0.25, "torch_peak_rss_delta_mb": 12.5,
+                "not_a_field": 1}  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_torch_worker", fake_worker)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    out = tmp_path / "r.jsonl"
+    argv = ["bench", tiny, "--mode", "train", "--threads", "1", "--output", str(out), *FAST]
+    assert cli_main(argv) == 0
+    (rec,) = _read_jsonl(out)
+    _assert_measured(rec)
+    assert specs == [_spec(name=tiny, family="test", image_size=16, iters=2, warmup=1)]
+    assert rec["torch_reference"] == "fake reference" and rec["torch_threads"] == 1
+    assert rec["torch_step_ms"] == 200.0 and rec["torch_images_per_s"] == 10.0  # the median
+    assert math.isclose(rec["ratio_vs_torch"], 200.0 / rec["step_ms"], rel_tol=0.01)
+    assert rec["torch_load_before"] == 0.5 and rec["torch_peak_rss_delta_mb"] == 12.5
+    assert "not_a_field" not in rec
+
+
+def test_the_worker_reports_a_model_without_reference_and_a_crash():
+    pytest.importorskip("torch")
+    out = bench.run_torch_worker(_spec(name="no_such_model"))
+    assert out["torch_reference"] == "no PyTorch reference known for no_such_model"
+    assert "torch_step_times" not in out and out["torch_load_before"] is not None
+    spec = _spec()
+    del spec["name"]
+    out = bench.run_torch_worker(spec)
+    assert out == {"torch_reference": "PyTorch worker failed: KeyError: 'name'"}
+
+
+@pytest.mark.reference
+def test_the_worker_times_the_reference_with_the_threads_asked_for():
+    pytest.importorskip("timm")
+    out = bench.run_torch_worker(_spec())
+    assert out["torch_reference"] == "timm vit_tiny_patch16_224" and out["torch_threads"] == 1
+    assert len(out["torch_step_times"]) == 3 and min(out["torch_step_times"]) > 0
+    assert out["torch_peak_rss_delta_mb"] > 0
 
 
 def test_unknown_model_and_bad_arguments_are_usage_errors(tmp_path, capsys):
@@ -133,6 +189,12 @@ def test_unknown_model_and_bad_arguments_are_usage_errors(tmp_path, capsys):
     assert cli_main(["bench", "--output", str(out)]) == 2
     assert cli_main(["bench", "vit_ti16", "--iters", "0", "--output", str(out)]) == 2
     assert not out.exists()
+
+
+def test_the_table_marks_compile_times_that_may_come_from_the_cache():
+    rec = {"model": "m", "mode": "train", "batch_size": 8, "image_size": 32, "compile_s": 0.1}
+    assert "[cache on]" not in bench.format_table([rec])
+    assert "m [cache on]" in bench.format_table([{**rec, "compilation_cache": True}])
 
 
 def test_parse_model_args_and_interleaved_timing():

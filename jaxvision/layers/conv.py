@@ -14,6 +14,21 @@ A 1x1 convolution is a matrix multiply over the channel axis: ``implementation="
 as an ``einsum`` (same parameters, same result; the rule and its measurements:
 :mod:`jaxvision.layers.implementation`).
 
+The input gradient of a strided convolution (``implementation="taps"``, :func:`conv_taps_grad`):
+JAX's transpose rule turns it into a convolution of the output gradient with ``lhs_dilation =
+stride``, i.e. with zeros inserted between its pixels; XLA:CPU's YNNPACK rejects lhs-dilated
+convolutions, so Eigen runs it, three quarters of its multiplies (stride 2) against those zeros.
+"taps" keeps the forward convolution and computes the input gradient as every tap's
+contribution instead: one matrix product of the output gradient (B*H'*W', C) with the kernel
+(C, k*k*C_in), which YNNPACK runs, then the k*k slices added into the input at stride ``s`` (split
+by phase, the rows ``s*m + r`` receiving taps ``r, r + s, ...``, as the depthwise layer's
+hand-written gradient does). It does the same multiplies, none against zeros. The kernel gradient
+is JAX's own. (A phase split into stride-1 convolutions, the other way to avoid the zeros, falls
+back to Eigen as well: YNNPACK does not take a convolution whose padding makes its output larger
+than its input, which the border phases need.) ``"auto"`` uses it for strided k x k
+convolutions when ``$JAXVISION_CONV_STRIDED_GRAD`` is ``taps``; it is ``xla`` (JAX's transpose)
+by default until the form is measured faster on an idle machine (benchmarks/README.md).
+
 :class:`ConvBNAct` is the unit of the convolutional networks: a convolution without bias, a
 BatchNorm and an activation (ultralytics ``Conv``; EfficientNet's stem and head).
 
@@ -22,6 +37,9 @@ Shape legend: B batch, H/W height/width, C_in input channels, C output channels,
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +55,12 @@ from jaxvision.layers.implementation import resolve_implementation
 Norm = Callable[..., nn.Module]
 
 PADDINGS = ("symmetric", "same", "valid")
-IMPLEMENTATIONS = ("auto", "xla", "matmul")
+IMPLEMENTATIONS = ("auto", "xla", "matmul", "taps")
+# What "auto" does with the input gradient of a strided k x k convolution: "xla" (JAX's
+# transpose, an lhs-dilated convolution) or "taps" (conv_taps_grad). See the module docstring.
+STRIDED_GRAD_ENV = "JAXVISION_CONV_STRIDED_GRAD"
+STRIDED_GRAD_DEFAULT = "xla"
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 # PyTorch's default conv init (kaiming_uniform with a=sqrt(5)) is variance 1/(3 fan_in); we use
 # the He-normal fan_out init of the EfficientNet/timm training recipes for convolutions.
@@ -56,12 +79,101 @@ def conv_padding(padding: str, kernel_size: int, dilation: int = 1) -> str | lis
     raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
 
 
+def strided_grad_choice() -> str:
+    """The input gradient ``"auto"`` gives a strided convolution: ``$JAXVISION_CONV_STRIDED_GRAD``
+    (``taps`` or ``xla``), else :data:`STRIDED_GRAD_DEFAULT`. Read when the model is traced."""
+    choice = os.environ.get(STRIDED_GRAD_ENV, "").strip().lower() or STRIDED_GRAD_DEFAULT
+    if choice not in ("taps", "xla"):
+        raise ValueError(f"{STRIDED_GRAD_ENV} must be 'taps' or 'xla', got {choice!r}")
+    return choice
+
+
+def explicit_padding(
+    padding: str, size: tuple[int, int], kernel_size: int, stride: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(before, after) zeros of both spatial axes of an (H, W) input under one of :data:`PADDINGS`
+    (TensorFlow's SAME puts the odd pixel after)."""
+    if padding == "symmetric":
+        p = (kernel_size - 1) // 2
+        return (p, p), (p, p)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        pads = []
+        for n in size:
+            total = max((math.ceil(n / stride) - 1) * stride + kernel_size - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return pads[0], pads[1]
+    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_taps_grad(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
+    """``lax.conv_general_dilated`` of NHWC ``x`` and an HWIO ``kernel`` at ``stride`` with explicit
+    ``padding`` ((top, bottom), (left, right)), whose input gradient is computed tap by tap (one
+    matrix product, then strided adds) instead of as an lhs-dilated convolution."""
+    return _conv(x, kernel, stride, padding)
+
+
+def _taps_fwd(x, kernel, stride, padding):
+    return _conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _taps_bwd(stride, padding, residuals, grad):
+    x, kernel = residuals
+    s = stride
+    k_h, k_w, c_in, _ = kernel.shape
+    (top, bottom), (left, right) = padding
+    b, out_h, out_w, _ = grad.shape
+    grad = grad.astype(x.dtype)
+    # Every tap's share of the input gradient in one product: (B, H', W', C) x (k, k, C_in, C)
+    # contracted over C -> (B, H', W', k, k, C_in); the left operand contracts on its last axis.
+    taps = jnp.einsum("bhwo,ijco->bhwijc", grad, kernel.astype(x.dtype))
+    # Output pixel (m, n) read padded input pixel (s*m + i, s*n + j) through tap (i, j): split
+    # the padded input by phase (r, q) = (index mod s); phase rows s*M + r receive taps
+    # i = r + s*t from output rows M - t (likewise for columns), a shift by (t, u).
+    rows = -(-(x.shape[1] + top + bottom) // s)  # phase lengths; rows - out_h >= ceil(k/s) - 1
+    cols = -(-(x.shape[2] + left + right) // s)
+    phase_rows = []
+    for r in range(s):
+        phase_cols = []
+        for q in range(s):
+            acc = jnp.zeros((b, rows, cols, c_in), x.dtype)
+            for t, i in enumerate(range(r, k_h, s)):
+                for u, j in enumerate(range(q, k_w, s)):
+                    shift = ((0, 0), (t, rows - out_h - t), (u, cols - out_w - u), (0, 0))
+                    acc = acc + jnp.pad(taps[:, :, :, i, j, :], shift)  # (B, M, N, C_in)
+            phase_cols.append(acc)
+        phase_rows.append(jnp.stack(phase_cols, axis=3))  # (B, M, N, s, C_in)
+    grad_xp = jnp.stack(phase_rows, axis=2).reshape(b, rows * s, cols * s, c_in)  # interleave
+    grad_x = grad_xp[:, top : top + x.shape[1], left : left + x.shape[2], :]  # drop the padding
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)
+    return grad_x, kernel_vjp(grad)[0]
+
+
+conv_taps_grad.defvjp(_taps_fwd, _taps_bwd)
+
+
 class Conv2d(nn.Module):
     """A 2-D convolution over NHWC inputs; parameters ``kernel`` (k, k, C_in, C_out), ``bias``.
 
     ``implementation``: ``"xla"`` always calls ``lax.conv_general_dilated``; ``"matmul"`` (1x1
-    kernels only) subsamples by the stride and contracts channels with an einsum; ``"auto"``
-    picks the matmul for 1x1 kernels and ``"xla"`` otherwise, on every backend.
+    kernels only) subsamples by the stride and contracts channels with an einsum; ``"taps"`` is
+    ``"xla"`` with the input gradient of a strided convolution computed tap by tap
+    (:func:`conv_taps_grad`; at stride 1 it is ``"xla"``); ``"auto"`` picks the matmul for 1x1
+    kernels and ``"xla"`` otherwise, on every backend, with the strided input gradient
+    :func:`strided_grad_choice` names.
     """
 
     features: int
@@ -85,7 +197,12 @@ class Conv2d(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (k, k, in_features, self.features))
         kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
-        if implementation == "matmul":
+        if implementation == "xla" and self.implementation == "auto" and s > 1:
+            implementation = strided_grad_choice()
+        if implementation == "taps" and s > 1:
+            pads = explicit_padding(self.padding, x.shape[1:3], k, s)
+            y = conv_taps_grad(x, kernel, s, pads)
+        elif implementation == "matmul":
             # A 1x1 kernel at stride s reads pixels (0, s, 2s, ...) under every padding convention
             # used here (the padding of a 1x1 kernel is zero on the leading side).
             x = x[:, ::s, ::s, :]  # (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), C)
