@@ -59,8 +59,22 @@ class Source(Protocol):
     def eval_example(self, index: int) -> dict[str, np.ndarray]: ...
 
 
-# A source may also define ``set_epoch(epoch)``: the loader calls it before making an epoch's
-# training examples (e.g. to switch mosaic augmentation off for the last epochs).
+# A source may also define:
+# * ``set_epoch(epoch)``: the loader calls it before making an epoch's training examples (e.g. to
+#   switch mosaic augmentation off for the last epochs);
+# * ``train_order(seed, epoch, batch_size) -> indices``: the epoch's example order, consecutive
+#   slices of ``batch_size`` forming its batches (default: a permutation of all examples), and
+#   ``eval_groups(batch_size) -> [indices, ...]``: the evaluation batches, each at most
+#   ``batch_size`` examples (default: consecutive runs). A source of several kinds of examples
+#   (:class:`jaxvision.data.mixture.MixedSource`) uses them so that no batch mixes two kinds.
+
+
+def train_steps(source: Source, batch_size: int) -> int:
+    """Batches in one training epoch of ``source`` (full batches only)."""
+    if hasattr(source, "train_order"):
+        steps_per_epoch(len(source), batch_size)  # the same checks
+        return len(source.train_order(0, 0, batch_size)) // batch_size
+    return steps_per_epoch(len(source), batch_size)
 
 
 class ClassificationSource:
@@ -174,8 +188,12 @@ class BatchLoader:
     ) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start, start + 1, ...`` of epoch ``epoch``; with ``shard=(i, n)`` this process
         makes only its slice ``i`` of ``n`` of each global batch (multi-host data loading)."""
-        n = steps_per_epoch(len(self.source), batch_size)
-        order = epoch_order(len(self.source), seed, epoch)
+        if hasattr(self.source, "train_order"):
+            order = np.asarray(self.source.train_order(seed, epoch, batch_size))
+            n = len(order) // batch_size
+        else:
+            n = steps_per_epoch(len(self.source), batch_size)
+            order = epoch_order(len(self.source), seed, epoch)
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
         index, count = shard
@@ -194,11 +212,15 @@ class BatchLoader:
         index, count = shard
         local = batch_size // count
 
-        def make(start: int) -> dict[str, np.ndarray]:
-            idx = np.arange(start, min(start + batch_size, n))[index * local : (index + 1) * local]
-            return self.eval_batch(idx, local)
+        if hasattr(self.source, "eval_groups"):
+            groups = [np.asarray(g) for g in self.source.eval_groups(batch_size)]
+        else:
+            groups = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
-        yield from _prefetch(make, range(0, n, batch_size))
+        def make(group: int) -> dict[str, np.ndarray]:
+            return self.eval_batch(groups[group][index * local : (index + 1) * local], local)
+
+        yield from _prefetch(make, range(len(groups)))
 
 
 def _prefetch(make, keys) -> Iterator[dict[str, np.ndarray]]:

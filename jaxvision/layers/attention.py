@@ -45,6 +45,10 @@ class MultiHeadSelfAttention(nn.Module):
 
     ``sow_attention=True`` stores the softmax weights ``(B, K, N, N)`` in the ``intermediates``
     collection under ``attention``. ``drop_rate`` is the dropout after the output projection.
+
+    ``mask`` (optional, boolean, broadcastable to ``(B, K, N, N)``, True = may attend) hides keys
+    from queries: padding (``key_mask[:, None, None, :]``) or the future (a lower-triangular
+    matrix). Every query must be allowed at least one key.
     """
 
     num_heads: int
@@ -55,7 +59,7 @@ class MultiHeadSelfAttention(nn.Module):
     sow_attention: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         implementation = resolve_implementation("attention", self.implementation, IMPLEMENTATIONS)
         width = x.shape[-1]
         if width % self.num_heads:
@@ -80,7 +84,7 @@ class MultiHeadSelfAttention(nn.Module):
             query, key, value = einops.rearrange(
                 qkv, "b n (three k d) -> three b n k d", three=3, k=self.num_heads
             )  # -> 3 x (B, N, K, d)
-            attended = jax.nn.dot_product_attention(query, key, value)  # (B, N, K, d)
+            attended = jax.nn.dot_product_attention(query, key, value, mask=mask)  # (B, N, K, d)
             attended = einops.rearrange(attended, "b n k d -> b n (k d)")  # -> (B, N, D)
         else:
             query, key, value = einops.rearrange(
@@ -93,8 +97,11 @@ class MultiHeadSelfAttention(nn.Module):
                 "bkqd,bkmd->bkqm", query, key, preferred_element_type=jnp.float32
             )  # (B, K, N, N)
 
-            # Softmax over the keys, in float32 whatever the compute dtype
-            weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+            # Softmax over the keys (those the mask allows), in float32 whatever the compute dtype
+            scores = scores.astype(jnp.float32)
+            if mask is not None:
+                scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            weights = jax.nn.softmax(scores, axis=-1)
             if self.sow_attention:
                 self.sow("intermediates", "attention", weights)
             weights = nn.Dropout(self.attention_drop_rate, deterministic=not train)(weights)

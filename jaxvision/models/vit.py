@@ -130,7 +130,9 @@ class EncoderBlock(nn.Module):
     sow_attention: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, drop_path_rate: Any, *, train: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, drop_path_rate: Any, *, train: bool, mask: jax.Array | None = None
+    ) -> jax.Array:
         norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)
 
         # Multi-head self-attention sub-layer: z' = MSA(LN(z)) + z
@@ -143,7 +145,7 @@ class EncoderBlock(nn.Module):
             implementation=self.attention_implementation,
             sow_attention=self.sow_attention,
             name="attention",
-        )(y, train=train)
+        )(y, train=train, mask=mask)
         x = x + _drop_path(self, y, drop_path_rate, train=train)
 
         # MLP sub-layer: z = MLP(LN(z')) + z'
@@ -159,6 +161,61 @@ class EncoderBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------
+
+
+def transformer_encoder(
+    x: jax.Array,
+    *,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    drop_rate: float = 0.0,
+    attention_drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    dtype: Any = jnp.float32,
+    scan_blocks: bool = False,
+    attention_implementation: str = "auto",
+    sow_attention: bool = False,
+    mask: jax.Array | None = None,
+    train: bool,
+) -> jax.Array:
+    """L pre-LN :class:`EncoderBlock` s and the final LayerNorm: ``(B, N, D) -> (B, N, D)``.
+
+    Call it inside a module's ``nn.compact`` method: the blocks (``encoder_block0`` ..., or
+    ``encoder_blocks`` scanned) and ``encoder_norm`` become that module's submodules, so the ViT
+    and OmniVec's shared backbone have the same parameter tree. ``mask``: as
+    :class:`~jaxvision.layers.attention.MultiHeadSelfAttention`'s, the same for every block.
+    """
+    rates = drop_path_rates(drop_path_rate, num_layers)
+    block = functools.partial(
+        EncoderBlock,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        drop_rate=drop_rate,
+        attention_drop_rate=attention_drop_rate,
+        dtype=dtype,
+        attention_implementation=attention_implementation,
+        sow_attention=sow_attention,
+    )
+    if scan_blocks:
+        use_rates = drop_path_rate > 0.0
+
+        def body(encoder_block: EncoderBlock, x: jax.Array, rate: jax.Array):
+            rate = rate if use_rates else 0.0
+            return encoder_block(x, rate, train=train, mask=mask), None
+
+        scan = nn.scan(
+            body,
+            variable_axes={"params": 0, "intermediates": 0},
+            split_rngs={"params": True, "dropout": True, "drop_path": True},
+            in_axes=0,
+            length=num_layers,
+        )
+        x, _ = scan(block(name="encoder_blocks"), x, jnp.asarray(rates, jnp.float32))
+    else:
+        for i, rate in enumerate(rates):
+            x = block(name=f"encoder_block{i}")(x, rate, train=train, mask=mask)  # (B, N, D)
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="encoder_norm")(x)
 
 
 class ViTEncoder(nn.Module):
@@ -229,37 +286,21 @@ class ViTEncoder(nn.Module):
         x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
         self.sow("intermediates", "embeddings", x)
 
-        # Transformer encoder: L identical pre-LN blocks
-        rates = drop_path_rates(self.drop_path_rate, self.num_layers)
-        block = functools.partial(
-            EncoderBlock,
+        # Transformer encoder: L identical pre-LN blocks, then LayerNorm
+        x = transformer_encoder(
+            x,
+            num_layers=self.num_layers,
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
             drop_rate=self.drop_rate,
             attention_drop_rate=self.attention_drop_rate,
+            drop_path_rate=self.drop_path_rate,
             dtype=self.dtype,
+            scan_blocks=self.scan_blocks,
             attention_implementation=self.attention_implementation,
             sow_attention=self.sow_attention,
-        )
-        if self.scan_blocks:
-            use_rates = self.drop_path_rate > 0.0
-
-            def body(encoder_block: EncoderBlock, x: jax.Array, rate: jax.Array):
-                return encoder_block(x, rate if use_rates else 0.0, train=train), None
-
-            scan = nn.scan(
-                body,
-                variable_axes={"params": 0, "intermediates": 0},
-                split_rngs={"params": True, "dropout": True, "drop_path": True},
-                in_axes=0,
-                length=self.num_layers,
-            )
-            x, _ = scan(block(name="encoder_blocks"), x, jnp.asarray(rates, jnp.float32))
-        else:
-            for i, rate in enumerate(rates):
-                x = block(name=f"encoder_block{i}")(x, rate, train=train)  # (B, N+1, D)
-
-        x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
+            train=train,
+        )  # (B, N+1, D)
         self.sow("intermediates", "encoded", x)
         return x  # (B, N+1, D)
 

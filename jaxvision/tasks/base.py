@@ -16,6 +16,7 @@ multimodal model lives in a :class:`Task`:
 * :meth:`Task.evaluator` - a host-side :class:`Evaluator` (``update`` per batch, ``result`` at the
   end) for metrics that cannot be summed on device, such as mAP or ROUGE; ``None`` if all
   metrics are sums.
+* :meth:`Task.trainable` - which parameters a run may change (default: all); the rest is frozen.
 * :attr:`Task.rng_streams` - the names of the random streams the model draws from in training
   (``dropout``, ``drop_path``, later a masking stream); the step splits one key into them.
 
@@ -96,6 +97,13 @@ class Task(abc.ABC):
     def header(self) -> dict[str, Any]:
         """What a checkpoint must record to rebuild this task for evaluation and prediction."""
         return {}
+
+    def trainable(self, params: Any) -> Any | None:
+        """Which parameters training may change: a pytree shaped like ``params`` of booleans (or
+        of learning-rate factors: 1.0 trains at the full rate, 0.1 at a tenth, 0.0 freezes), or
+        ``None`` for all. The loop gives frozen parameters a zero update and no optimizer state
+        (``optax.multi_transform``), so they stay bit for bit as they were."""
+        return None
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

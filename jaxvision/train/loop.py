@@ -36,9 +36,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxvision import tasks
-from jaxvision.data import BatchLoader, DatasetError, Source, steps_per_epoch
+from jaxvision.data import BatchLoader, DatasetError, Source
+from jaxvision.data.loader import train_steps
 from jaxvision.errors import ConfigError
 from jaxvision.registry import build_model
 from jaxvision.tasks.base import Task, summarize
@@ -86,6 +88,7 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 10  # steps between copies of the running metrics to the host
     max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
+    eval_first: bool = False  # also measure the held-out metrics before training
 
     def validate(self) -> None:
         for field in ("epochs", "batch_size", "log_every"):
@@ -129,8 +132,15 @@ def _add_pairs(a: Any, b: Any) -> Any:
 
 
 def _accumulate(sums: Any, metrics: Any) -> Any:
-    """Running ``{name: (sum, count)}`` on the device: no copy to the host per step."""
-    return metrics if sums is None else _add_pairs(sums, metrics)
+    """Running ``{name: (sum, count)}`` on the device: no copy to the host per step. Batches may
+    report different metrics (a run over several kinds of data): the pairs add up by name."""
+    if sums is None:
+        return metrics
+    if sums.keys() == metrics.keys():
+        return _add_pairs(sums, metrics)
+    common = {k: v for k, v in metrics.items() if k in sums}
+    added = _add_pairs({k: sums[k] for k in common}, common)
+    return {**sums, **metrics, **added}
 
 
 def _host_pairs(sums: Any) -> dict[str, list[float]]:
@@ -238,6 +248,25 @@ def _run_header(config: TrainConfig, task: Task, image_size: int) -> dict[str, A
     }
 
 
+def _partition(tx: Any, trainable: Any) -> Any:
+    """``tx`` for the parameters ``trainable`` marks True (or 1.0), the same scaled for those it
+    gives another positive factor (a slower learning rate), and a zero update with no optimizer
+    state for those it marks False / 0.0 (frozen bit for bit). ``None``: all train."""
+    if trainable is None:
+        return tx
+    factor = lambda t: 1.0 if t is True else 0.0 if t is False else float(t)
+    labels = jax.tree.map(lambda t: repr(factor(t)), trainable)
+    groups = {}
+    for label in set(jax.tree.leaves(labels)):
+        f = float(label)
+        if f < 0:
+            raise ConfigError(f"a learning-rate factor must be >= 0, got {f}")
+        groups[label] = (
+            optax.set_to_zero() if f == 0 else tx if f == 1 else optax.chain(tx, optax.scale(f))
+        )
+    return optax.multi_transform(groups, labels)
+
+
 def _setup(
     config: TrainConfig, task: Task | None, train_data: Source | None, eval_data: Source | None
 ) -> _Run:
@@ -261,7 +290,7 @@ def _setup(
     distributed.check_batch_size(config.batch_size, mesh)
     eval_batch = config.eval_batch_size or config.batch_size
     distributed.check_batch_size(eval_batch, mesh)
-    n_steps = steps_per_epoch(len(train_data), config.batch_size)
+    n_steps = train_steps(train_data, config.batch_size)
     schedule = warmup_cosine_schedule(
         config.lr, n_steps * config.epochs, int(config.warmup_epochs * n_steps)
     )
@@ -279,6 +308,7 @@ def _setup(
         variables = init_variables(model, init_rng, inputs)
     except ValueError as e:  # the model refuses its configuration (size, model arguments)
         raise ConfigError(f"{config.model} cannot be built as configured: {e}") from None
+    tx = _partition(tx, task.trainable(variables["params"]))
     out = Path(config.output_dir) if config.output_dir else None
     resume_from = None
     if config.resume:
@@ -414,7 +444,7 @@ def fit(
     eval_data: Source | None = None,
 ) -> dict[str, Any]:
     """Train ``config.model``; returns the final held-out metrics, ``"model"``, ``"epochs"``,
-    ``"seconds"`` and the trained ``"state"``.
+    ``"seconds"``, the trained ``"state"`` and, with ``eval_first``, the ``"initial"`` metrics.
 
     Without ``task``, the model's registered task is trained on ``config.data``; otherwise on the
     given sources of examples (see :mod:`jaxvision.tasks.base`).
@@ -426,7 +456,11 @@ def fit(
     measure = lambda: evaluate(
         run.state, run.task, run.eval_loader, run.eval_batch, mesh=run.mesh, eval_fn=run.eval_fn
     )
+    initial: dict[str, float] = {}
     try:
+        if config.eval_first and run.start_epoch == 0 and run.start_batch == 0:
+            initial = measure()
+            _log("before training: " + " ".join(f"{k} {v:.4f}" for k, v in initial.items()))
         for epoch in range(run.start_epoch, config.epochs):
             steps_done, position, train_metrics = _train_epoch(run, epoch, steps_done)
             final = measure()
@@ -449,6 +483,7 @@ def fit(
         "epochs": config.epochs,
         "seconds": round(time.perf_counter() - t0, 2),
         "state": run.state,
+        **({"initial": initial} if initial else {}),
     }
 
 
