@@ -488,6 +488,12 @@ def _cache_option(parser: argparse.ArgumentParser, *, top_level: bool = False) -
     )
 
 
+def cmd_omnivec(args: argparse.Namespace) -> int:
+    from jaxvision.train.omnivec import main as omnivec_main
+
+    return omnivec_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxvision",
@@ -677,6 +683,16 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_option(b)
     b.set_defaults(fn=cmd_bench)
 
+    o = sub.add_parser(
+        "omnivec",
+        help="OmniVec: masked pre-training, sequential (or all-at-once) training of its tasks, "
+        "per-task evaluation",
+    )
+    from jaxvision.train.omnivec import add_arguments as omnivec_arguments
+
+    omnivec_arguments(o)
+    _cache_option(o)
+    o.set_defaults(compilation_cache=True, fn=cmd_omnivec)
     return p
 
 

@@ -28,6 +28,7 @@ _MODEL_MODULES = (
     "jaxvision.models.vit",
     "jaxvision.models.yolov8",
     "jaxvision.models.yolov8_detect",
+    "jaxvision.models.omnivec",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxvision.tasks import classification, detection
+from jaxvision.tasks import classification, detection, omnivec
 from jaxvision.tasks.base import Evaluator, Metrics, Task, masked_mean, masked_sum, summarize
 from jaxvision.tasks.classification import ClassificationTask
 from jaxvision.tasks.detection import DetectionTask
+from jaxvision.tasks.omnivec import OmniVecTask
 
 TASKS: dict[str, Any] = {
     "classification": classification,
     "detection": detection.detection,
     "segmentation": detection.segmentation,
+    "omnivec": omnivec,
 }
 
 
@@ -56,7 +58,7 @@ def for_model(name: str, *, image_size: int, num_classes: int) -> Task:
     from jaxvision.registry import model_info
 
     task = model_info(name).task
-    return _module(task).from_header({"num_classes": num_classes}, image_size)
+    return _module(task).from_header({"num_classes": num_classes, "model": name}, image_size)
 
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "DetectionTask",
     "Evaluator",
     "Metrics",
+    "OmniVecTask",
     "TASKS",
     "Task",
     "eval_source",
