@@ -33,10 +33,15 @@ from pathlib import Path
 from jaxvision.data.modalities import synthetic, text_baselines
 from jaxvision.models.omnivec import MODALITIES
 from jaxvision.train.loop import TrainConfig
-from jaxvision.train.omnivec import pretrain, train_all_at_once, train_sequential
+from jaxvision.train.omnivec import (
+    parse_task_epochs,
+    pretrain,
+    train_all_at_once,
+    train_sequential,
+)
 
 RESULTS = Path(__file__).parent / "results"
-CHANCE = {"image": 1 / 10, "video": 1 / 6, "audio": 1 / 6, "points": 1 / 7}
+CHANCE = {"image": 1 / 10, "video": 1 / 6, "audio": 1 / 6, "points": 1 / 7}  # 1 / classes
 
 
 def _config(args: argparse.Namespace, output_dir: Path, epochs: int, seed: int = 0) -> TrainConfig:
@@ -76,10 +81,10 @@ def demo(args: argparse.Namespace) -> dict:
     t_pre = time.perf_counter() - t0
     seq = train_sequential(
         _config(args, root / "sequential", args.epochs_task),
-        MODALITIES,
+        args.order,
         init_from=str(root / "pretrain"),
         output_dir=root / "sequential",
-        epochs={"text": args.epochs_text},
+        epochs=parse_task_epochs(args.task_epochs),
     )
     total = time.perf_counter() - t0
     pre_losses = {m: (pre["initial"][f"{m}_loss"], pre[f"{m}_loss"]) for m in MODALITIES}
@@ -160,7 +165,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/omnivec_experiments", help="run folders go here")
     parser.add_argument("--epochs-pretrain", type=int, default=4)
     parser.add_argument("--epochs-task", type=int, default=3)
-    parser.add_argument("--epochs-text", type=int, default=10)
+    parser.add_argument("--task-epochs", default="image=10,text=10", help="as the CLI's")
+    parser.add_argument("--order", default="text,image,video,audio,points")
     parser.add_argument("--backbone-lr-scale", type=float, default=1.0)
     parser.add_argument("--epochs-transfer", type=int, default=30)
     parser.add_argument("--labels-per-class", type=int, default=10)

@@ -24,7 +24,7 @@ from flax import traverse_util
 Example = int | tuple[Any, ...] | Any  # an image size, a tuple of model inputs, or a Task
 
 
-def example_inputs(example: Example, batch: int = 1) -> tuple[jax.ShapeDtypeStruct, ...]:
+def example_inputs(example: Example, batch: int = 1) -> tuple[Any, ...]:
     """Abstract model inputs: from a :class:`~jaxvision.tasks.Task` (its example batch), from a
     tuple of arrays or shapes, or - shorthand for image classifiers - from an image size ``S``
     (one ``(batch, S, S, 3)`` float32 image batch, as the classification task makes it)."""
@@ -34,7 +34,8 @@ def example_inputs(example: Example, batch: int = 1) -> tuple[jax.ShapeDtypeStru
         example = ClassificationTask(num_classes=1, image_size=example)
     if hasattr(example, "example_batch"):
         example = example.model_inputs(example.example_batch(batch))
-    return tuple(jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in example)
+    # Inputs may be pytrees (OmniVec takes a dict of modalities).
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tuple(example))
 
 
 def abstract_variables(model: nn.Module, example: Example, batch: int = 1) -> dict[str, Any]:

@@ -51,6 +51,7 @@ def _result_line(
 
 def cmd_models(args: argparse.Namespace) -> None:
     import jaxvision
+    from jaxvision import tasks
     from jaxvision.analysis import abstract_variables, count_params
 
     names = jaxvision.list_models(args.family)
@@ -60,7 +61,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         params = "-"
         if not args.no_count:
             model = jaxvision.create_model(name)
-            params = f"{count_params(abstract_variables(model, info.resolution)['params']):,}"
+            task = tasks.for_model(name, image_size=info.resolution, num_classes=model.num_classes)
+            params = f"{count_params(abstract_variables(model, task)['params']):,}"
         ref = f"{info.reference_params:,}" if info.reference_params else "-"
         top1 = f"{info.top1:g}" if info.top1 is not None else "-"
         rows.append((name, info.family, params, ref, str(info.resolution), top1))
@@ -117,6 +119,14 @@ def cmd_summary(args: argparse.Namespace) -> None:
         f"parameters:   {n_params:,} trainable"
         + (f" + {n_stats:,} BatchNorm statistics" if n_stats else "")
     )
+    if info.family == "omnivec":  # the paper describes OmniVec's size this way
+        from jaxvision.models.omnivec import count_parts
+
+        parts = count_parts(variables["params"])
+        print(
+            f"              = encoders {parts['encoders']:,} + backbone {parts['backbone']:,} "
+            f"+ heads {parts['heads']:,}"
+        )
     if (
         info.reference_params
         and args.num_classes is None
@@ -125,7 +135,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     ):
         match = "matches" if n_params == info.reference_params else "DIFFERS from"
         print(f"reference:    {info.reference_params:,} ({match} {info.source})")
-    print(f"FLOPs/image:  {flops / 1e9:.3f} G (conv + matmul, multiply-add = 2)")
+    per = "one example of each modality" if info.family == "omnivec" else "conv + matmul"
+    print(f"FLOPs/image:  {flops / 1e9:.3f} G ({per}, multiply-add = 2)")
 
 
 def _load_for_inference(name: str, checkpoint: str, use_ema: bool):
@@ -504,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("models", help="table of every registered model")
-    m.add_argument("--family", help="only this family (efficientnet, vit, yolov8)")
+    m.add_argument("--family", help="only this family (efficientnet, vit, yolov8, omnivec)")
     m.add_argument("--no-count", action="store_true", help="skip counting parameters (faster)")
     m.set_defaults(fn=cmd_models)
 

@@ -870,7 +870,7 @@ TINY = {
 # encoders follow their sources' base settings: AST (16 kHz, 10 s, 128 mels, 1024 frames,
 # 16x16 patches), ViViT (2x16x16 tubelets), Point-MAE (1024 points, 64 groups of 32), MAE's
 # decoder (512 wide, 8 blocks).
-BASE = {"image_size": 224, "patch_size": 16, "num_classes": 1000}
+BASE = {"image_size": 224, "patch_size": 16}
 
 VARIANTS = {
     "omnivec_tiny": Variant(
