@@ -7,8 +7,8 @@
   checkpoint (``init_from``) and trains only the backbone, that task's encoder and its head (the
   task's :meth:`~jaxvision.tasks.omnivec.OmniVecTask.trainable`; ``train_parts`` to choose
   otherwise); every other parameter is frozen bit for bit. ``backbone_lr_scale`` (a task option)
-  slows the backbone in every stage after the first (the first has nothing to forget). At the
-  end every task is measured again, and what each earlier task lost ("forgetting") is reported;
+  slows the backbone in every stage. At the end every task is measured again, and what each
+  earlier task lost ("forgetting") is reported;
 * :func:`train_all_at_once` - the documented alternative: every task in one run, a task sampled
   per step (PolyViT's schedule), to compare with the sequential one.
 
@@ -115,15 +115,13 @@ def train_sequential(
     result: dict[str, Any] = {}
     for k, modality in enumerate(order):
         stage_dir = output_dir / f"stage{k + 1}_{modality}"
-        # The first stage trains the backbone at the full rate: no earlier task can be forgotten.
-        first = {"backbone_lr_scale": 1.0} if k == 0 else {}
         stage = dataclasses.replace(
             config,
             epochs=(epochs or {}).get(modality, config.epochs),
             output_dir=str(stage_dir),
             init_from=previous,
             resume=False,
-            task_args=_with(config, objective="tasks", modalities=modality, **first),
+            task_args=_with(config, objective="tasks", modalities=modality),
         )
         _log(f"stage {k + 1}/{len(order)}: {modality}")
         result = fit(stage)
@@ -234,8 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone-lr-scale",
         type=float,
         default=1.0,
-        help="the backbone's learning rate as a fraction of --lr in every stage after the first "
-        "(a slower backbone forgets earlier tasks less; default 1)",
+        help="the backbone's learning rate as a fraction of --lr in every stage (a slower "
+        "backbone forgets earlier tasks less; default 1)",
     )
 
     e = sub.add_parser("eval", help="per-task metrics of a checkpoint")
