@@ -20,6 +20,7 @@ COURSE = (
     "01_efficientnet",
     "02_yolov8",
     "03_vision_transformer",
+    "04_omnivec",
     "05_training_and_benchmarking",
 )
 

@@ -918,5 +918,6 @@ __all__ = [
     "count_parts",
     "from_vit_params",
     "masked_positions",
+    "normalize_per_token",
     "random_keep",
 ]

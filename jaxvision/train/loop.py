@@ -515,18 +515,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     matplotlib is installed."""
     if not history:
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure without pyplot: no backend switch under a running notebook's feet
+        from matplotlib.figure import Figure
     except ImportError:
         return False
     names = [k[len("eval_") :] for k in history[-1] if k.startswith("eval_")]
     if not names:
         return False
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(names), 3.5))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for key, label in ((f"train_{name}", "train"), (f"eval_{name}", "held-out")):
             ax.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=label)
@@ -536,7 +534,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
     return True
 
