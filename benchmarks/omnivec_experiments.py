@@ -109,6 +109,7 @@ def compare(args: argparse.Namespace) -> dict:
     if not (root / "pretrain").exists():
         raise SystemExit("run the demo first: compare starts from its pre-trained checkpoint")
     t0 = time.perf_counter()
+    load = _load_average()
     together = train_all_at_once(
         _config(args, Path(args.work) / "all_at_once", args.epochs_task),
         MODALITIES,
@@ -118,7 +119,8 @@ def compare(args: argparse.Namespace) -> dict:
         "experiment": "compare",
         "all_at_once": together["final"],
         "seconds": round(time.perf_counter() - t0, 1),
-        "load_average_at_start": _load_average(),
+        "load_average_at_start": load,
+        "load_average_at_end": _load_average(),
         "settings": vars(args),
     }
 

@@ -23,7 +23,7 @@ MICRO = {
     "num_points": 64,
     "num_groups": 8,
     "group_size": 8,
-    "text_length": 56,
+    "text_length": 64,
     "summary_length": 8,
     "summary_layers": 1,
     "decoder_width": 16,
@@ -37,7 +37,7 @@ SHAPES = {
     "video": ((4, 16, 16, 1), np.float32),
     "audio": ((2000,), np.float32),
     "points": ((64, 3), np.float32),
-    "text": ((56,), np.int32),
+    "text": ((64,), np.int32),
     "summary": ((8,), np.int32),
 }
 

@@ -317,7 +317,7 @@ def test_summary_decoding_is_causal_greedy_and_ignores_padding():
         ({"audio": np.zeros((1, 10), np.float32)}, "built for waveforms"),
         ({"sound": np.zeros((1, 10), np.float32)}, "unknown OmniVec inputs"),
         ({}, "none of the modalities"),
-        ({"text": np.zeros((1, 56), np.float32)}, "integer token ids"),
+        ({"text": np.zeros((1, 64), np.float32)}, "integer token ids"),
     ],
 )
 def test_bad_inputs_are_named(inputs, message):
