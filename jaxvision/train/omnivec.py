@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optax
+
 from jaxvision.errors import ConfigError
 from jaxvision.models.omnivec import MODALITIES
 from jaxvision.tasks.omnivec import parse_modalities
@@ -60,30 +62,25 @@ def pretrain(config: TrainConfig, modalities: Any = MODALITIES) -> dict[str, Any
 
 
 def measure(config: TrainConfig, state: Any = None, *, params: Any = None) -> dict[str, float]:
-    """Held-out metrics on the task and data ``config`` describes, of a train ``state``, or of
-    the model of ``config`` with ``params`` (``None``: freshly initialised as :func:`fit` does)."""
+    """Held-out metrics on the task and data ``config`` describes, of a train ``state`` or of the
+    model of ``config`` with ``params`` (e.g. a checkpoint's). The metrics before any training
+    come from ``fit`` itself (``TrainConfig.eval_first``)."""
     from jaxvision import tasks
     from jaxvision.data import BatchLoader
     from jaxvision.registry import build_model, model_info
-    from jaxvision.train.state import create_train_state, init_variables
+    from jaxvision.train.state import TrainState
 
+    if (state is None) == (params is None):
+        raise ValueError("measure() takes a train state or parameters, exactly one of them")
     size = config.image_size or model_info(config.model).resolution
     task, _, held_out = tasks.prepare(config, size)
     if state is None:
-        import jax
-        import optax
-
         model, _ = build_model(
             config.model,
             image_size=config.image_size,
             model_args={**task.model_args(), **config.model_args},
         )
-        rng = jax.random.split(jax.random.key(config.seed))[0]  # fit's initialisation key
-        if params is None:
-            variables = init_variables(model, rng, task.model_inputs(task.example_batch(1)))
-        else:
-            variables = {"params": params}
-        state = create_train_state(model, optax.identity(), rng=rng, variables=variables)
+        state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
     loader = BatchLoader(held_out)
     try:
         return evaluate(
