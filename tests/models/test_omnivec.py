@@ -19,6 +19,7 @@ from jaxvision.models.omnivec import (
     ImageEncoder,
     OmniVec,
     PointEncoder,
+    SummaryDecoder,
     TextEncoder,
     VideoEncoder,
     count_parts,
@@ -307,6 +308,46 @@ def test_summary_decoding_is_causal_greedy_and_ignores_padding():
     np.testing.assert_allclose(padded[1], out["logits"][1], rtol=1e-5, atol=1e-5)
 
 
+def _decoder_outputs(copy: bool, gate_bias: float = 0.0):
+    """A small summary decoder's log-probabilities on random memory and a document with padding
+    (the last 3 positions), its gate bias set to ``gate_bias``; and the document's ids."""
+    decoder = SummaryDecoder(
+        vocab_size=40, summary_length=5, num_layers=1, num_heads=2, mlp_dim=32, copy=copy
+    )
+    rng = np.random.default_rng(0)
+    memory = jnp.asarray(rng.normal(size=(2, 1 + 9, 16)), jnp.float32)
+    ids = rng.integers(4, 12, size=(2, 9)).astype(np.int32)  # document words: ids 4..11 only
+    ids[:, -3:] = 0
+    mask = jnp.concatenate([jnp.ones((2, 1), bool), ids != 0], axis=1)
+    previous = jnp.asarray(rng.integers(4, 40, size=(2, 5)), jnp.int32)
+    params = decoder.init(jax.random.key(0), memory, mask, ids, previous, train=False)["params"]
+    if copy:
+        params["copy_gate"]["bias"] = jnp.full_like(params["copy_gate"]["bias"], gate_bias)
+    out = decoder.apply({"params": params}, memory, mask, ids, previous, train=False)
+    return np.asarray(out), ids
+
+
+def test_summary_decoder_is_a_pointer_generator():
+    # Either way the output is a log-probability distribution over the vocabulary.
+    for copy in (False, True):
+        logp, _ = _decoder_outputs(copy)
+        np.testing.assert_allclose(jax.nn.logsumexp(logp, axis=-1), 0.0, atol=1e-5)
+    # With the gate shut on the vocabulary, all the mass is on words of the document (not on its
+    # padding), spread over them unevenly by the pointer's attention.
+    logp, ids = _decoder_outputs(True, gate_bias=-30.0)
+    p = np.exp(logp)
+    for b in range(2):
+        words = sorted(set(ids[b][ids[b] != 0].tolist()))
+        np.testing.assert_allclose(p[b][:, words].sum(-1), 1.0, atol=1e-5)
+        assert p[b][:, 0].max() < 1e-6
+        assert np.ptp(p[b][:, words]) > 1e-3
+    # With it open, the vocabulary's softmax alone: what copy=False computes from the same
+    # parameters (the pointer's own are ignored).
+    open_, _ = _decoder_outputs(True, gate_bias=30.0)
+    plain, _ = _decoder_outputs(False)
+    np.testing.assert_allclose(np.exp(open_), np.exp(plain), atol=1e-6)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
@@ -330,5 +371,15 @@ def test_objective_is_checked():
         jax.eval_shape(
             lambda: OmniVec(objective="classify").init(
                 jax.random.key(0), {"image": jnp.zeros((1, 224, 224, 3))}, train=False
+            )
+        )
+
+
+def test_summary_copy_must_be_a_bool():
+    # "--model-arg summary_copy=false" arrives as the string "false", which would read as True.
+    with pytest.raises(ValueError, match="summary_copy must be True or False"):
+        jax.eval_shape(
+            lambda: _micro(summary_copy="false").init(
+                jax.random.key(0), random_inputs(1, modalities=("image",)), train=False
             )
         )
