@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from jaxvision.layers.attention import MultiHeadSelfAttention
 from jaxvision.layers.drop_path import DropPath
-from jaxvision.layers.mlp import Mlp
+from jaxvision.layers.mlp import Mlp, gelu_exact
 from jaxvision.layers.patch_embed import PatchEmbed, patchify, unpatchify
 from jaxvision.layers.pos_embed import PositionEmbedding, bicubic_matrix, resize_pos_embed
 
@@ -297,6 +298,38 @@ def test_mlp_uses_the_exact_erf_gelu():
     tanh_gelu = jax.nn.gelu(jnp.asarray(hidden), approximate=True)
     approx = np.asarray(tanh_gelu) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
     assert np.abs(approx - expected).max() > 1e-4  # the test can tell the two apart
+
+
+def test_gelu_exact_gradient_is_the_derivative_of_the_exact_gelu():
+    # Values from deep in both tails to around 0, where the derivative changes fastest.
+    x = np.concatenate([np.linspace(-12.0, 12.0, 241), [-40.0, -1e-3, 0.0, 1e-3, 40.0]])
+    # Forward: bit for bit jax's exact GELU.
+    np.testing.assert_array_equal(gelu_exact(x), jax.nn.gelu(x, approximate=False))
+    # Backward: the analytic derivative Phi(x) + x phi(x), in float64 ...
+    erf = np.vectorize(math.erf)
+    expected = 0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(
+        2.0 * math.pi
+    )
+    got = jax.vmap(jax.grad(gelu_exact))(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(got, expected, atol=2e-7, rtol=1e-6)
+    # ... and what JAX's own differentiation of the erf form gives, through a whole MLP.
+    module = Mlp(hidden_features=16)
+    h = jax.random.normal(jax.random.key(0), (2, 5, 8)) * 3.0
+    variables = _random_variables(module, h, seed=1, train=False)
+
+    def loss(params, x, act):
+        hidden = x @ params["fc1"]["kernel"] + params["fc1"]["bias"]
+        return jnp.sum(jnp.sin(act(hidden) @ params["fc2"]["kernel"]))
+
+    reference = jax.grad(loss, (0, 1))(
+        variables["params"], h, functools.partial(jax.nn.gelu, approximate=False)
+    )
+    ours = jax.grad(loss, (0, 1))(variables["params"], h, gelu_exact)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # bfloat16 in, bfloat16 gradient out.
+    g = jax.grad(lambda v: jnp.sum(gelu_exact(v)))(jnp.ones((3,), jnp.bfloat16))
+    assert g.dtype == jnp.bfloat16
 
 
 # --- Drop path -------------------------------------------------------------------------------
