@@ -12,7 +12,9 @@ The three projections are one Dense layer ``qkv`` of shape (D, 3D), laid out as
 Two implementations compute the same function (a test checks they agree):
 
 * ``"explicit"``: the equations written out with einsum; the only one that can sow the attention
-  weights (``sow_attention=True``) and apply attention dropout;
+  weights (``sow_attention=True``) and apply attention dropout. When neither is asked for, the
+  softmax's normalisation is applied after the weighted sum of the values (the same function,
+  fewer divisions, no weight tensor);
 * ``"fused"``: ``jax.nn.dot_product_attention``.
 
 ``"auto"`` follows the rule of :mod:`jaxvision.layers.implementation`: "fused" on GPU/TPU, where it
@@ -101,14 +103,24 @@ class MultiHeadSelfAttention(nn.Module):
             scores = scores.astype(jnp.float32)
             if mask is not None:
                 scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-            weights = jax.nn.softmax(scores, axis=-1)
-            if self.sow_attention:
-                self.sow("intermediates", "attention", weights)
-            weights = nn.Dropout(self.attention_drop_rate, deterministic=not train)(weights)
+            if needs_weights:
+                weights = jax.nn.softmax(scores, axis=-1)
+                if self.sow_attention:
+                    self.sow("intermediates", "attention", weights)
+                weights = nn.Dropout(self.attention_drop_rate, deterministic=not train)(weights)
 
-            # Weighted average of the values, heads concatenated
-            attended = jnp.einsum("bkqm,bkmd->bkqd", weights.astype(value.dtype), value)
-            attended = einops.rearrange(attended, "b k n d -> b n (k d)")  # -> (B, N, D)
+                # Weighted average of the values
+                attended = jnp.einsum("bkqm,bkmd->bkqd", weights.astype(value.dtype), value)
+            else:
+                # The same average with the softmax's division moved after the product: it then
+                # divides B*K*N*d numbers instead of B*K*N*N, and the weights never exist as a
+                # tensor (ViT-S forward 7.2 -> 4.8 ms; benchmarks/README.md, optimisation log)
+                stable = scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
+                unnormalised = jnp.exp(stable)  # (B, K, N, N), at most 1
+                attended = jnp.einsum("bkqm,bkmd->bkqd", unnormalised.astype(value.dtype), value)
+                total = unnormalised.sum(axis=-1, keepdims=True)  # (B, K, N, 1), at least 1
+                attended = (attended / total).astype(value.dtype)
+            attended = einops.rearrange(attended, "b k n d -> b n (k d)")  # heads -> (B, N, D)
 
         # Output projection
         y = dense(width, "output")(attended)  # (B, N, D) -> (B, N, D)

@@ -243,6 +243,24 @@ def test_attention_sows_softmax_weights_only_when_asked():
     assert not state.get("intermediates")
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_normalising_after_the_values_changes_nothing(masked):
+    # Without weights to sow or drop, "explicit" divides by the softmax's sum after the weighted
+    # sum of the values; sowing forces the textbook order. Outputs and gradients must agree.
+    mask = jnp.tril(jnp.ones((7, 7), bool))[None, None] if masked else None
+    late, variables, x = _attention(2, 8, 7, seed=5, implementation="explicit")
+    early = MultiHeadSelfAttention(num_heads=2, implementation="explicit", sow_attention=True)
+
+    def loss(module, v, x):
+        y = module.apply(v, x, train=False, mask=mask, mutable=["intermediates"])[0]
+        return jnp.sum(jnp.sin(3.0 * y))
+
+    for f in (loss, jax.grad(loss, argnums=(1, 2))):
+        a, b = f(late, variables, x), f(early, variables, x)
+        for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(w), rtol=1e-5, atol=1e-5)
+
+
 def test_fused_attention_refuses_what_it_cannot_compute():
     x = jnp.zeros((1, 4, 6))
     with pytest.raises(ValueError, match="fused"):
