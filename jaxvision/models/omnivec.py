@@ -485,8 +485,12 @@ class SummaryDecoder(nn.Module):
         real = source_ids != PAD_ID if memory_mask is None else memory_mask[:, 1:]
         scores = jnp.where(real[:, None, :], scores, -1e9)
         pointer = jax.nn.softmax(scores, axis=-1)  # (B, S, L)
-        words = jax.nn.one_hot(source_ids, self.vocab_size, dtype=jnp.float32)  # (B, L, V)
-        p_copy = jnp.einsum("bsl,blv->bsv", pointer, words)  # (B, S, V)
+        # Each position's share lands on its word id (added up where a word repeats)
+        batch, steps = pointer.shape[:2]
+        rows = jnp.arange(batch)[:, None, None]
+        cols = jnp.arange(steps)[None, :, None]
+        p_copy = jnp.zeros((batch, steps, self.vocab_size), jnp.float32)
+        p_copy = p_copy.at[rows, cols, source_ids[:, None, :]].add(pointer)  # (B, S, V)
         gate = nn.Dense(1, dtype=self.dtype, name="copy_gate")(x).astype(jnp.float32)
         p = jax.nn.sigmoid(gate) * jnp.exp(log_vocab) + jax.nn.sigmoid(-gate) * p_copy
         return jnp.log(p + 1e-9)
