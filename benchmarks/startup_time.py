@@ -7,8 +7,9 @@ persistent compilation cache), from ``jax.monitoring``'s events.
 Runs the command in this process (``jaxvision.cli.main``) and prints one JSON line to stderr:
 seconds of tracing, lowering and XLA compiling (``compile`` includes loading an executable from
 the cache), the number of XLA compilations and of cache hits, and the wall time of the whole
-command, imports included. Run it twice on a fresh ``JAXVISION_CACHE_DIR`` to see a second
-start-up; ``JAX_LOG_COMPILES=1`` also logs each compilation with its function and time.
+command, imports included. Like the command, it first restarts itself under tcmalloc where the
+system has it (``jaxvision.allocator``). Run it twice on a fresh ``JAXVISION_CACHE_DIR`` to see
+a second start-up; ``JAX_LOG_COMPILES=1`` also logs each compilation with its function and time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ CACHE_HITS = "/jax/compilation_cache/cache_hits"
 
 
 def main() -> int:
+    # Under the allocator the jaxvision command itself runs on (it restarts under tcmalloc where
+    # installed; JAXVISION_ALLOCATOR=system keeps glibc's malloc).
+    from jaxvision.allocator import restart_with_tcmalloc
+
+    restart_with_tcmalloc()
     start = time.perf_counter()
     from jax import monitoring
 

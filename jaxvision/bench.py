@@ -37,6 +37,13 @@ average; ``busy_cores_before`` / ``torch_busy_cores_before``: the cores other pr
 over the half second before the timed steps, which, unlike the load average, does not remember the
 previous measurement). The ratio reported is jaxvision / PyTorch (higher is better for jaxvision).
 
+Memory allocator: run as a program (``jaxvision bench``, ``python -m jaxvision.bench``), this
+process restarts itself under tcmalloc where the system has it, as every ``jaxvision`` command does
+(:mod:`jaxvision.allocator`); the PyTorch worker is started without it, under the allocator PyTorch
+users get by default. ``allocator`` and ``torch_allocator`` in each record say which ran. To give
+both the same allocator, set ``LD_PRELOAD`` yourself (it reaches both); to run JAX on glibc's
+malloc, ``JAXVISION_ALLOCATOR=system``. Called as a function (``benchmark``), nothing restarts.
+
 ``--list-fallbacks`` prints which library runs every convolution and dot of the compiled step
 (:mod:`jaxvision.xla_ops`: YNNPACK, oneDNN, or Eigen, XLA:CPU's slow fallback) and counts the
 Eigen ones in the record.
@@ -111,7 +118,7 @@ FIELDS = (
     "torch_reference", "torch_step_ms", "torch_images_per_s", "torch_peak_rss_delta_mb",
     "torch_threads", "ratio_vs_torch", "error", "load_before", "load_after", "busy_cores_before",
     "torch_load_before", "torch_busy_cores_before", "eigen_convolutions", "eigen_dots",
-    "library_calls", "compilation_cache", "xla_flags",
+    "library_calls", "compilation_cache", "xla_flags", "allocator", "torch_allocator",
     "device", "platform", "cpu", "cpu_count", "threads", "python_version", "jax_version",
     "jaxlib_version", "flax_version", "torch_version", "timm_version", "torchvision_version",
     "ultralytics_version", "command",
@@ -213,16 +220,23 @@ def _proc_status_kib(key: str) -> int | None:
 
 
 def trim_heap() -> None:
-    """Hand memory that malloc holds free back to the system (glibc ``malloc_trim``).
+    """Hand memory that malloc holds free back to the system (tcmalloc's
+    ``MallocExtension_ReleaseFreeMemory``, glibc's ``malloc_trim``).
 
     Without it, memory freed by an earlier phase (a compilation, the other framework's model)
     stays resident, the next phase reuses it without growing the resident set, and its peak
     growth reads far too low.
     """
     try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):  # not glibc
-        pass
+        process = ctypes.CDLL(None)
+    except OSError:
+        return
+    # tcmalloc (which the jaxvision command preloads where installed) keeps freed memory in its
+    # own page heap; glibc's malloc_trim cannot reach it.
+    for release in ("MallocExtension_ReleaseFreeMemory", "malloc_trim"):
+        fn = getattr(process, release, None)
+        if fn is not None:
+            fn(*(() if release.startswith("MallocExtension") else (0,)))
 
 
 def reset_peak_rss() -> bool:
@@ -613,6 +627,9 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         (times,) = time_interleaved([step], 0, spec["iters"])
     out["torch_step_times"] = times
     out["torch_threads"] = torch.get_num_threads()
+    from jaxvision.allocator import active
+
+    out["torch_allocator"] = active()
     return out
 
 
@@ -625,8 +642,11 @@ def run_torch_worker(spec: dict[str, Any], timeout: float | None = None) -> dict
     import subprocess
 
     import jaxvision
+    from jaxvision.allocator import without_our_preload
 
-    env = dict(os.environ)
+    # PyTorch runs under the allocator its users get by default, not the tcmalloc the jaxvision
+    # command preloads for itself (an LD_PRELOAD the caller set reaches both).
+    env = without_our_preload(os.environ)
     root = str(Path(jaxvision.__file__).resolve().parent.parent)  # this jaxvision, not another
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "jaxvision.bench", "--torch-worker", json.dumps(spec)]
@@ -654,6 +674,8 @@ def environment(threads: int) -> dict[str, Any]:
     import jax
     import jaxlib
 
+    from jaxvision import allocator
+
     device = jax.devices()[0]
     cpu = platform.processor() or platform.machine()
     try:
@@ -672,6 +694,7 @@ def environment(threads: int) -> dict[str, Any]:
         "jaxlib_version": jaxlib.__version__,
         "flax_version": flax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "allocator": allocator.active(),
     }
 
 
@@ -1117,6 +1140,10 @@ def _run(args: argparse.Namespace, threads: int) -> int:
 
 
 if __name__ == "__main__":
+    if "--torch-worker" not in sys.argv:  # the worker runs under the allocator it was given
+        from jaxvision.allocator import restart_with_tcmalloc
+
+        restart_with_tcmalloc()
     parser = argparse.ArgumentParser(
         prog="python -m jaxvision.bench", description=__doc__.split("\n")[0]
     )

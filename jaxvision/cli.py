@@ -7,6 +7,11 @@ traceback. Set ``JAXVISION_DEBUG=1`` to see the traceback of user errors too.
 Training and evaluation print exactly one JSON object as the last line of stdout; progress bars
 and logs go to stderr.
 
+Run as a program, the command restarts itself once under tcmalloc when the system has it: XLA:CPU
+allocates a step's buffers afresh at every step, and glibc's malloc makes each of those a
+page-faulting ``mmap`` (:mod:`jaxvision.allocator`; ``JAXVISION_ALLOCATOR=system`` keeps glibc's).
+``jaxvision env`` shows which allocator runs, with the versions, devices and cache folder.
+
 The commands that compile (summary, train, eval, predict, convert) first switch on JAX's persistent
 compilation cache (:mod:`jaxvision.compilation_cache`), so a second start compiles nothing it
 compiled before; ``--no-compilation-cache`` (before or after the command name) or
@@ -400,6 +405,51 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def environment_report() -> dict[str, Any]:
+    """What ``jaxvision env`` prints: versions, devices, the allocator, the compilation cache."""
+    import platform
+
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    import jaxvision
+    from jaxvision import allocator, compilation_cache
+
+    alloc = allocator.describe()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "jaxvision": jaxvision.__version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_cores": cores,
+        "allocator": alloc["allocator"],
+        "allocator_how": alloc["how"],
+        "tcmalloc_library": alloc["tcmalloc_library"]
+        or "not installed (Debian/Ubuntu: apt install libtcmalloc-minimal4)",
+        "compilation_cache": "off"
+        if compilation_cache.disabled_by_env()
+        else str(compilation_cache.default_dir()),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    report = environment_report()
+    if args.json:
+        _print_json(report)
+        return 0
+    for key, value in report.items():
+        print(f"{key:<18} {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     import jax
 
@@ -666,6 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(fn=cmd_data)
 
+    v = sub.add_parser(
+        "env", help="versions, devices, memory allocator and cache folder (for bug reports)"
+    )
+    v.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    v.set_defaults(fn=cmd_env)
+
     c = sub.add_parser("convert", help="convert a timm / torchvision / ultralytics checkpoint")
     c.add_argument("name")
     c.add_argument("--input", required=True, help=".safetensors, .pth, .pt or .bin file")
@@ -719,6 +775,15 @@ def start_compilation_cache(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: ``argv`` (default ``sys.argv[1:]``) parsed and run; the exit status.
+
+    Run as a program (``argv`` None), it first restarts itself once under tcmalloc where the
+    system has it (:mod:`jaxvision.allocator`; ``JAXVISION_ALLOCATOR=system`` switches that off).
+    """
+    if argv is None:
+        from jaxvision.allocator import restart_with_tcmalloc
+
+        restart_with_tcmalloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     start_compilation_cache(args)
