@@ -116,7 +116,9 @@ FIELDS = (
     "peak_rss_mb", "peak_rss_delta_mb", "compile_peak_rss_mb", "xla_memory_mb", "device_peak_mb",
     "matmul_peak_gflops", "achieved_gflops", "utilisation",
     "torch_reference", "torch_step_ms", "torch_images_per_s", "torch_peak_rss_delta_mb",
-    "torch_threads", "ratio_vs_torch", "error", "load_before", "load_after", "busy_cores_before",
+    "torch_threads", "ratio_vs_torch", "torch_compiled_reference", "torch_compiled_step_ms",
+    "torch_compiled_images_per_s", "ratio_vs_torch_compiled", "torch_compiled_warmup_s",
+    "error", "load_before", "load_after", "busy_cores_before",
     "torch_load_before", "torch_busy_cores_before", "eigen_convolutions", "eigen_dots",
     "library_calls", "compilation_cache", "xla_flags", "allocator", "torch_allocator",
     "device", "platform", "cpu", "cpu_count", "threads", "python_version", "jax_version",
@@ -153,6 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a model field, e.g. scan_blocks=True (repeatable)",
     )
     parser.add_argument("--no-torch", action="store_true", help="do not measure PyTorch")
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also time the PyTorch reference under torch.compile (a second worker process; "
+        "its warm-up, which compiles, is timed too)",
+    )
     parser.add_argument(
         "--compile-only",
         action="store_true",
@@ -508,6 +516,8 @@ class TorchStep:
         size: int,
         dtype: str,
         device: str | None = None,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ):
         import torch
 
@@ -555,6 +565,11 @@ class TorchStep:
             self.optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=SGD_LEARNING_RATE, momentum=SGD_MOMENTUM
             )
+        if compile:
+            # torch.compile's default mode (Inductor); the first calls compile. The parameters
+            # stay the module's own, so the optimizer built above updates them. (Ultralytics'
+            # detection loss calls the uncompiled model's forward: there it changes nothing.)
+            self.model = torch.compile(self.model, backend=compile_backend)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -588,7 +603,10 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time the PyTorch reference of ``spec`` in this process; what :func:`run_torch_worker`
     runs in a process of its own (``python -m jaxvision.bench --torch-worker SPEC``).
 
-    ``spec``: name, family, mode, batch_size, image_size, dtype, warmup, iters, threads, device.
+    ``spec``: name, family, mode, batch_size, image_size, dtype, warmup, iters, threads, device;
+    optionally ``compile`` (wrap the module in ``torch.compile``) and ``compile_backend``
+    (default "inductor"). The warm-up's seconds are returned too (``torch_warmup_s``: with
+    ``compile``, mostly compiling).
     Returns ``torch_reference`` (what was built, or why nothing was), the seconds of every timed
     step (``torch_step_times``), the resident-set growth of allocation and warm-up, the threads
     PyTorch used, and the load just before (1-minute load average and busy cores). No JAX
@@ -621,8 +639,12 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
             spec["image_size"],
             spec["dtype"],
             device=spec.get("device", "cpu"),
+            compile=bool(spec.get("compile")),
+            compile_backend=spec.get("compile_backend", "inductor"),
         )
+        warmup_start = time.perf_counter()
         time_interleaved([step], spec["warmup"], 0)
+        out["torch_warmup_s"] = time.perf_counter() - warmup_start
         out["torch_peak_rss_delta_mb"] = _mb(peak_rss_bytes() - rss_before)
         (times,) = time_interleaved([step], 0, spec["iters"])
     out["torch_step_times"] = times
@@ -712,8 +734,12 @@ def benchmark(
     compile_only: bool = False,
     threads: int | None = None,
     list_fallbacks: bool = False,
+    torch_compile: bool = False,
 ) -> dict[str, Any]:
     """Measure one (model, mode); returns the result record (without environment fields).
+
+    ``torch_compile``: time the PyTorch reference a second time under ``torch.compile`` (its own
+    worker process), into the ``torch_compiled_*`` fields and ``ratio_vs_torch_compiled``.
 
     ``list_fallbacks``: also print the library of every convolution and dot of the compiled step
     (:mod:`jaxvision.xla_ops`) and count those on Eigen in the record.
@@ -815,6 +841,16 @@ def benchmark(
             rec["torch_step_ms"] = round(torch_s * 1e3, 3)
             rec["torch_images_per_s"] = round(batch_size / torch_s, 3)
             rec["ratio_vs_torch"] = round(torch_s / step_s, 3)
+        if torch_compile:
+            compiled = run_torch_worker({**spec, "compile": True})
+            times = compiled.get("torch_step_times")
+            rec["torch_compiled_reference"] = compiled.get("torch_reference")
+            if times:
+                torch_s = statistics.median(times)
+                rec["torch_compiled_step_ms"] = round(torch_s * 1e3, 3)
+                rec["torch_compiled_images_per_s"] = round(batch_size / torch_s, 3)
+                rec["ratio_vs_torch_compiled"] = round(torch_s / step_s, 3)
+                rec["torch_compiled_warmup_s"] = round(compiled["torch_warmup_s"], 2)
     return rec
 
 
@@ -909,24 +945,37 @@ def _table_row(r: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+COMPILED_HEADER = ("torch.compile img/s", "ratio vs compiled")
+
+
 def format_table(records: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
-    """The records as an aligned text table (or a Markdown table)."""
+    """The records as an aligned text table (or a Markdown table); two more columns when any
+    record has a ``torch.compile`` measurement (``--torch-compile``)."""
+    header = TABLE_HEADER
     rows = [_table_row(r) for r in records]
+    if any(r.get("torch_compiled_reference") for r in records):
+        header = (*TABLE_HEADER, *COMPILED_HEADER)
+        rows = [
+            (
+                *row,
+                _fmt(r.get("torch_compiled_images_per_s"), ".1f"),
+                _fmt(r.get("ratio_vs_torch_compiled"), ".2f"),
+            )
+            for row, r in zip(rows, records, strict=True)
+        ]
     if markdown:
-        lines = ["| " + " | ".join(TABLE_HEADER) + " |"]
-        lines.append(
-            "|" + "|".join(":--" if i < 2 else "--:" for i in range(len(TABLE_HEADER))) + "|"
-        )
+        lines = ["| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join(":--" if i < 2 else "--:" for i in range(len(header))) + "|")
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
-    widths = [max(len(row[i]) for row in [TABLE_HEADER, *rows]) for i in range(len(TABLE_HEADER))]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
         pairs = enumerate(zip(row, widths, strict=True))
         cells = (c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
         return "  ".join(cells).rstrip()
 
-    return "\n".join([line(TABLE_HEADER), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
 def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -1127,6 +1176,7 @@ def _run(args: argparse.Namespace, threads: int) -> int:
                     compile_only=args.compile_only,
                     threads=threads,
                     list_fallbacks=args.list_fallbacks,
+                    torch_compile=getattr(args, "torch_compile", False),
                 )
             except Exception as e:  # one failing model must not lose the sweep's other results
                 if os.environ.get("JAXVISION_DEBUG"):

@@ -162,6 +162,41 @@ def test_pytorch_is_timed_by_a_worker_process_and_never_imported_here(tiny, tmp_
     assert "not_a_field" not in rec
 
 
+def test_torch_compile_is_a_second_worker_with_its_own_columns(tiny, tmp_path, monkeypatch):
+    specs = []
+
+    def fake_worker(spec, timeout=None):
+        specs.append(spec)
+        times = [0.1, 0.1, 0.1] if spec.get("compile") else [0.4, 0.4, 0.4]
+        return {"torch_reference": "fake", "torch_step_times": times, "torch_warmup_s": 7.0}
+
+    monkeypatch.setattr(bench, "run_torch_worker", fake_worker)
+    out = tmp_path / "r.jsonl"
+    argv = ["bench", tiny, "--mode", "train", "--threads", "1", "--output", str(out), *FAST]
+    assert cli_main([*argv, "--torch-compile"]) == 0
+    (rec,) = _read_jsonl(out)
+    assert [bool(s.get("compile")) for s in specs] == [False, True]
+    assert rec["torch_step_ms"] == 400.0 and rec["torch_compiled_step_ms"] == 100.0
+    assert rec["torch_compiled_images_per_s"] == 20.0 and rec["torch_compiled_warmup_s"] == 7.0
+    assert math.isclose(rec["ratio_vs_torch_compiled"], 100.0 / rec["step_ms"], rel_tol=0.01)
+    table = bench.format_table([rec], markdown=True)
+    assert "torch.compile img/s" in table and "| 20.0 |" in table
+    # Without the option: one worker, and the table keeps its usual columns.
+    specs.clear()
+    assert cli_main(argv) == 0
+    assert len(specs) == 1 and "torch.compile" not in bench.format_table(_read_jsonl(out)[1:])
+
+
+@pytest.mark.reference
+def test_the_worker_times_the_reference_under_torch_compile():
+    pytest.importorskip("timm")
+    # The "eager" backend runs torch.compile's graph capture (TorchDynamo) without Inductor's
+    # C++ code generation, which takes ~40 s even for ViT-Ti at 32 px on this CPU.
+    out = bench.run_torch_worker(_spec(compile=True, compile_backend="eager"))
+    assert out["torch_reference"] == "timm vit_tiny_patch16_224"
+    assert len(out["torch_step_times"]) == 3 and out["torch_warmup_s"] > 0
+
+
 def test_the_worker_reports_a_model_without_reference_and_a_crash():
     pytest.importorskip("torch")
     out = bench.run_torch_worker(_spec(name="no_such_model"))
