@@ -171,13 +171,19 @@ def create_model(name: str, *, num_classes: int | None = None, **overrides: Any)
 def parse_model_args(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
     """``["patch_size=4", "implementation=xla"]`` -> ``{"patch_size": 4, "implementation": "xla"}``.
 
-    Values are Python literals where they parse as one, bare strings otherwise.
+    Values are Python literals where they parse as one, bare strings otherwise; ``true``,
+    ``false`` and ``none`` in any case are the Python constants (as a shell user would write
+    them: as a string, "false" would be truthy and switch a flag on).
     """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.isidentifier():
             raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        constant = {"true": True, "false": False, "none": None}.get(raw.strip().lower(), raw)
+        if constant is not raw:
+            out[key] = constant
+            continue
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

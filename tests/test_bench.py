@@ -238,6 +238,14 @@ def test_parse_model_args_and_interleaved_timing():
         "implementation": "xla",
         "n": 3,
     }
+    # Shell spellings of the constants are the constants: the string "false" would be truthy.
+    assert bench.parse_model_args(["a=false", "b=TRUE", "c=None", "d=False", "e=falsey"]) == {
+        "a": False,
+        "b": True,
+        "c": None,
+        "d": False,
+        "e": "falsey",
+    }
     with pytest.raises(ValueError):
         bench.parse_model_args(["no_equals"])
     calls = []

@@ -376,7 +376,8 @@ def test_objective_is_checked():
 
 
 def test_summary_copy_must_be_a_bool():
-    # "--model-arg summary_copy=false" arrives as the string "false", which would read as True.
+    # The command line parses "false" to False, but a string from Python code (or a config file)
+    # would read as True.
     with pytest.raises(ValueError, match="summary_copy must be True or False"):
         jax.eval_shape(
             lambda: _micro(summary_copy="false").init(
