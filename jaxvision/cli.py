@@ -1,4 +1,5 @@
-"""The ``jaxvision`` command: list, inspect, train, evaluate, predict, convert and benchmark.
+"""The ``jaxvision`` command: list, inspect, train, evaluate, predict, convert, benchmark, and
+report its environment (``jaxvision env``).
 
 Errors a user can cause (unknown model, bad option or path, undecodable image, wrong checkpoint:
 every :class:`jaxvision.errors.UserError`) print one line ``jaxvision: error: ...`` and exit with
