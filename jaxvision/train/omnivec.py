@@ -102,7 +102,9 @@ def train_sequential(
     per-task epochs where they differ from ``config.epochs``); returns per-task
     metrics right after its stage (``"after_stage"``), at the end (``"final"``), the
     ``"forgetting"`` (after its stage minus at the end, for the headline metric), the full
-    metrics and the seconds per stage."""
+    metrics, and per stage (``"stages"``) its seconds, metrics and output folder
+    (``"checkpoint"``: an ``--init-from`` / ``eval`` source for the model as it was after that
+    stage); ``"checkpoint"`` at the top level is the last stage's."""
     order = list(dict.fromkeys(order.split(",") if isinstance(order, str) else order))
     parse_modalities(order)  # checks the names
     output_dir = Path(output_dir)
@@ -124,7 +126,12 @@ def train_sequential(
         result = fit(stage)
         after[modality] = task_metric(modality, result)
         stages.append(
-            {"modality": modality, "seconds": result["seconds"], "metrics": _plain(result)}
+            {
+                "modality": modality,
+                "seconds": result["seconds"],
+                "metrics": _plain(result),
+                "checkpoint": str(stage_dir),  # this stage's run: checkpoints/, metrics.jsonl
+            }
         )
         previous = str(stage_dir)
     final_config = dataclasses.replace(
@@ -308,6 +315,7 @@ def main(args: argparse.Namespace) -> int:
             for name in ("after_stage", "final", "forgetting"):
                 _report(name.replace("_", " "), result[name])
             out = {k: v for k, v in result.items() if k not in ("state", "stages")}
+            out["stage_checkpoints"] = {s["modality"]: s["checkpoint"] for s in result["stages"]}
         else:
             result = train_all_at_once(config, args.order, init_from=args.init_from)
             _report("final", result["final"])

@@ -78,6 +78,12 @@ def test_pretraining_then_sequential_stages_then_eval(tmp_path, capsys):
         assert seq["forgetting"][m] == pytest.approx(seq["after_stage"][m] - seq["final"][m])
         assert 0.0 <= seq["final"][m] <= 1.0
     assert "text_rougeL" in seq["final_metrics"] and "audio_top1" in seq["final_metrics"]
+    # Each stage's run folder is reported (an --init-from / eval source for that stage's model).
+    assert seq["stage_checkpoints"] == {
+        "audio": str(tmp_path / "seq" / "stage1_audio"),
+        "text": str(tmp_path / "seq" / "stage2_text"),
+    }
+    assert seq["checkpoint"] == seq["stage_checkpoints"]["text"]
 
     # The text stage changed only the backbone, the text encoder and the text head: every other
     # array is bit for bit what the audio stage left.
