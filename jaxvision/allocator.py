@@ -1,9 +1,9 @@
 """The memory allocator the ``jaxvision`` command runs under: tcmalloc when the system has it.
 
 Why it matters on CPU. XLA:CPU allocates the intermediate buffers of a compiled step afresh every
-time the step runs, and frees them when it returns. glibc's ``malloc`` serves large requests (all
-of them on XLA's worker threads, whose arenas cannot hold a block over 64 MB, and any above its
-32 MB mmap limit) with a fresh ``mmap`` and gives them back with ``munmap`` on free, so every step
+time the step runs, and frees them when it returns. glibc's ``malloc`` serves large requests
+(any above its 32 MB mmap limit, and on XLA's worker threads any too large for a thread arena's
+64 MB heap) with a fresh ``mmap`` and gives them back with ``munmap`` on free, so every step
 page-faults its whole working set in from the kernel again, zero-filling each 4 KiB page.
 Measured on this project's 2-core machine (benchmarks/README.md, "Memory allocator"): the
 EfficientNet-B0 train step at batch 8 took 468,000 page faults and 0.72 s of kernel time per

@@ -240,11 +240,11 @@ def trim_heap() -> None:
     except OSError:
         return
     # tcmalloc (which the jaxvision command preloads where installed) keeps freed memory in its
-    # own page heap; glibc's malloc_trim cannot reach it.
-    for release in ("MallocExtension_ReleaseFreeMemory", "malloc_trim"):
-        fn = getattr(process, release, None)
-        if fn is not None:
-            fn(*(() if release.startswith("MallocExtension") else (0,)))
+    # own page heap, which glibc's malloc_trim cannot reach.
+    if hasattr(process, "MallocExtension_ReleaseFreeMemory"):
+        process.MallocExtension_ReleaseFreeMemory()
+    if hasattr(process, "malloc_trim"):
+        process.malloc_trim(0)
 
 
 def reset_peak_rss() -> bool:
