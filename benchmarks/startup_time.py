@@ -8,8 +8,9 @@ Runs the command in this process (``jaxvision.cli.main``) and prints one JSON li
 seconds of tracing, lowering and XLA compiling (``compile`` includes loading an executable from
 the cache), the number of XLA compilations and of cache hits, and the wall time of the whole
 command, imports included. Like the command, it first restarts itself under tcmalloc where the
-system has it (``jaxvision.allocator``). Run it twice on a fresh ``JAXVISION_CACHE_DIR`` to see
-a second start-up; ``JAX_LOG_COMPILES=1`` also logs each compilation with its function and time.
+system has it (``jaxvision.allocator``). Run it twice on a fresh ``JAXVISION_CACHE_DIR``, each
+time with a new ``--output-dir`` (a used one is refused), to see a second start-up;
+``JAX_LOG_COMPILES=1`` also logs each compilation with its function and time.
 """
 
 from __future__ import annotations

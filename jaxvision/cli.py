@@ -23,15 +23,18 @@ unless given ``--compilation-cache``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
-from jaxvision.errors import UserError
+from jaxvision.errors import JaxvisionWarning, UserError
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
+MAX_ERROR_LINES = 12  # an error's first line and up to 11 lines of detail
 
 
 class CLIError(UserError):
@@ -275,25 +278,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_image(path: str):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise CLIError(f"image not found: {path}") from None
-    except Exception as e:  # pillow and its plugins raise many kinds; name the file
-        raise CLIError(f"cannot decode image {path}: {e.__class__.__name__}: {e}") from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    import functools
 
     import jax
     import numpy as np
 
     from jaxvision import model_info
+    from jaxvision.data.images import open_image
     from jaxvision.data.transforms import eval_transform
     from jaxvision.tasks import ClassificationTask
     from jaxvision.train.steps import predict_step
@@ -304,7 +295,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pre = model_info(args.name).preprocessing
     size = task.image_size
     images = [
-        eval_transform(_open_image(p), size, pre, centre_crop=not args.no_crop) for p in args.images
+        eval_transform(open_image(p), size, pre, centre_crop=not args.no_crop) for p in args.images
     ]
     batch = {**task.example_batch(len(images)), "image": np.stack(images)}
     predict = jax.jit(functools.partial(predict_step, task=task))
@@ -323,15 +314,17 @@ def _predict_detections(args: argparse.Namespace, model: Any, task: Any, variabl
     """Letterbox each image, detect (NMS at --conf / --iou), map the boxes back to the image,
     draw them (and the masks) on a copy saved in --save-dir, print one JSON line per image."""
     import dataclasses
-    import functools
     from pathlib import Path
 
     import jax
     import numpy as np
 
     from jaxvision.data import letterbox
+    from jaxvision.data.images import open_image
     from jaxvision.train.steps import predict_step
     from jaxvision.visualize import draw_detections
+
+    originals = [open_image(p) for p in args.images]  # every image readable before any output
 
     task = dataclasses.replace(task, conf_threshold=args.conf, iou_threshold=args.iou)
     names = list(task.class_names or [str(i) for i in range(task.num_classes)])
@@ -339,8 +332,7 @@ def _predict_detections(args: argparse.Namespace, model: Any, task: Any, variabl
     out_dir.mkdir(parents=True, exist_ok=True)
     predict = jax.jit(functools.partial(predict_step, task=task))
     state = _inference_state(model, variables)
-    for path in args.images:
-        original = _open_image(path)
+    for path, original in zip(args.images, originals, strict=True):
         pixels, geometry = letterbox(original, task.image_size)
         batch = {**task.example_batch(1), "image": pixels[None].astype(np.float32) / 255.0}
         out = jax.device_get(predict(state, batch))
@@ -775,6 +767,15 @@ def start_compilation_cache(args: argparse.Namespace) -> None:
         compilation_cache.enable()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, other) -> None:
+    """jaxvision's own warnings as one ``jaxvision: warning: ...`` line on stderr (no source
+    file and line: they are for users, not about the code); any other as ``other`` shows it."""
+    if issubclass(category, JaxvisionWarning):
+        print(f"jaxvision: warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        other(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command: ``argv`` (default ``sys.argv[1:]``) parsed and run; the exit status.
 
@@ -787,6 +788,13 @@ def main(argv: list[str] | None = None) -> int:
         restart_with_tcmalloc()
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = functools.partial(_show_warning, other=warnings.showwarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The parsed command run; user errors and a diverged loss as one line and an exit status."""
     start_compilation_cache(args)
     from jaxvision.train.loop import NonFiniteLossError
 
@@ -800,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = str(e).strip().splitlines()
         print(f"jaxvision: error: {msg[0] if msg else e.__class__.__name__}", file=sys.stderr)
-        for line in msg[1:8]:
+        for line in msg[1:MAX_ERROR_LINES]:
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -41,6 +41,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from jaxvision.errors import JaxvisionWarning
+
 ENV_DIR = "JAXVISION_CACHE_DIR"
 ENV_SWITCH = "JAXVISION_COMPILATION_CACHE"
 OFF_VALUES = frozenset({"0", "false", "no", "off"})
@@ -50,7 +52,7 @@ MIN_COMPILE_TIME_S = 0.0
 _warned = False
 
 
-class CompilationCacheWarning(UserWarning):
+class CompilationCacheWarning(JaxvisionWarning):
     """The persistent compilation cache could not be used; compilation goes on without it."""
 
 

@@ -16,4 +16,13 @@ class ConfigError(UserError, ValueError):
     the devices, a model argument the model rejects)."""
 
 
-__all__ = ["ConfigError", "UserError"]
+class DatasetError(UserError, ValueError):
+    """A data set spec, path or file that cannot be used; the message says which and why."""
+
+
+class JaxvisionWarning(UserWarning):
+    """Something a user should know that does not stop the work (a corrupt checkpoint skipped, a
+    resumed run whose options changed). The command line prints each as one ``warning:`` line."""
+
+
+__all__ = ["ConfigError", "DatasetError", "JaxvisionWarning", "UserError"]

@@ -15,16 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jaxvision.errors import UserError
+from jaxvision.data.images import IMAGE_EXTENSIONS, SKIP_HINT, open_image
+from jaxvision.errors import DatasetError
 
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DIGITS_TEST_FRACTION = 0.2  # 1,437 training and 360 held-out images, stratified by class
 DIGITS_SPLIT_SEED = 0  # fixed: the held-out split is the same in every run
-
-
-class DatasetError(UserError, ValueError):
-    """A data set spec, path or file that cannot be used; the message says which and why."""
 
 
 @dataclasses.dataclass
@@ -93,15 +89,10 @@ class FolderDataset:
         return len(self.paths)
 
     def image(self, index: int) -> Image.Image:
-        path = self.paths[index]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except Exception as e:  # pillow and its plugins (e.g. HEIF openers) raise many kinds
-            raise DatasetError(
-                f"cannot decode image {path}: {e.__class__.__name__}: {e} "
-                "(pass --skip-bad-images to leave undecodable files out)"
-            ) from None
+            return open_image(self.paths[index])
+        except DatasetError as e:
+            raise DatasetError(f"{e} {SKIP_HINT}") from None
 
 
 def _digits(split: str) -> ArrayDataset:
@@ -144,10 +135,9 @@ def _scan_folder(root: Path, name: str, skip_bad_images: bool) -> FolderDataset:
         good = []
         for p, y in zip(paths, labels, strict=True):
             try:
-                with Image.open(p) as img:
-                    img.convert("RGB")
+                open_image(p)
                 good.append((p, y))
-            except Exception:  # undecodable, whatever pillow or a plugin raises
+            except DatasetError:
                 skipped += 1
         if not good:
             raise DatasetError(f"{root}: none of the {len(paths)} images could be decoded")

@@ -70,14 +70,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from jaxvision.data.datasets import IMAGE_EXTENSIONS, DatasetError
+from jaxvision.data.images import IMAGE_EXTENSIONS, SKIP_HINT, open_image, scan_images
 from jaxvision.data.letterbox import PAD_VALUE, letterbox
+from jaxvision.errors import DatasetError
 
 SPLITS = ("train", "val")
+MAX_BAD_LISTED = 10  # undecodable images named in the error; the rest are counted
 COORD_TOLERANCE = 1e-6  # normalised coordinates may overshoot [0, 1] by float rounding
-EXIF_ORIENTATION = 0x0112  # values 5-8 rotate the image by 90 degrees
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,24 +426,13 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _decode(path: Path) -> Image.Image:
-    """The RGB image at ``path``, turned upright by its EXIF orientation (as OpenCV reads it)."""
-    try:
-        with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except Exception as e:  # pillow and its plugins raise many kinds
-        raise DatasetError(
-            f"cannot decode image {path}: {e.__class__.__name__}: {e} "
-            "(pass --skip-bad-images to leave undecodable files out)"
-        ) from None
-
-
 class YoloDataset:
     """A split of a YOLO-format data set: ``len``, ``class_names``, ``image(i)`` (PIL RGB) and
     ``annotations(i)`` (boxes in pixels; masks rasterised from polygon labels, ``None`` for box
     labels).
 
-    Every label file is parsed up front, so a bad line fails at once, naming its file and line.
+    Every label file is parsed and every image's header checked up front, so a bad line fails at
+    once, naming its file and line, and all undecodable images are listed together.
     ``has_masks`` is true when every labelled image uses polygons; a data set mixing box files
     and polygon files is read as boxes only, as ultralytics does.
     """
@@ -461,24 +451,26 @@ class YoloDataset:
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.class_names = list(config.names)
         self.name = f"yolo:{folder}"
-        self.skipped = 0
-        if skip_bad_images:
-            good = []
-            for p in paths:
-                try:
-                    _decode(p)
-                    good.append(p)
-                except DatasetError:
-                    self.skipped += 1
-            if not good:
-                raise DatasetError(f"{folder}: none of the {len(paths)} images could be decoded")
-            paths = good
+        sizes, bad = scan_images(paths)
+        if bad and not skip_bad_images:
+            shown = bad[:MAX_BAD_LISTED] + [f"... and {len(bad) - MAX_BAD_LISTED} more"] * (
+                len(bad) > MAX_BAD_LISTED
+            )
+            raise DatasetError(
+                f"{folder}: {len(bad)} of {len(paths)} images cannot be decoded {SKIP_HINT}:\n"
+                + "\n".join(shown)
+            )
+        if len(bad) == len(paths):
+            raise DatasetError(f"{folder}: none of the {len(paths)} images could be decoded")
+        self.skipped = len(bad)
+        paths = [p for i, p in enumerate(paths) if i in sizes]
+        # (width, height) after EXIF rotation, read from each header by the scan
+        self._sizes = [size for _, size in sorted(sizes.items())]
         self.paths = paths
         self._labels = [read_labels(label_path(p), len(self.class_names)) for p in paths]
         with_polygons = sum(lab.polygons is not None for lab in self._labels)
         with_boxes = sum(len(lab.classes) > 0 and lab.polygons is None for lab in self._labels)
         self.has_masks = with_polygons > 0 and with_boxes == 0
-        self._sizes: dict[int, tuple[int, int]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -488,22 +480,10 @@ class YoloDataset:
         return len(self.paths)
 
     def image(self, index: int) -> Image.Image:
-        image = _decode(self.paths[index])
-        self._sizes[index] = image.size
-        return image
+        return open_image(self.paths[index])
 
     def image_size(self, index: int) -> tuple[int, int]:
-        """(width, height) of image ``index`` after EXIF rotation, from its header."""
-        if index not in self._sizes:
-            try:
-                with Image.open(self.paths[index]) as img:
-                    w, h = img.size
-                    if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                        w, h = h, w
-            except Exception:
-                self.image(index)  # raises the DatasetError naming the file
-            else:
-                self._sizes[index] = (w, h)
+        """(width, height) of image ``index`` after EXIF rotation."""
         return self._sizes[index]
 
     def annotations(self, index: int, *, with_masks: bool = True) -> Annotations:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from flax import serialization, traverse_util
 
-from jaxvision.errors import UserError
+from jaxvision.errors import JaxvisionWarning, UserError
 
 MAGIC = b"JAXVISN1"
 FORMAT = 2  # 1: single-file checkpoints (jaxvision 0.1); 2: sharded folders
@@ -329,7 +329,11 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
         try:
             read_header(path)
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}; falling back to the previous checkpoint", stacklevel=2)
+            warnings.warn(
+                f"skipping {e}; falling back to the previous checkpoint",
+                JaxvisionWarning,
+                stacklevel=2,
+            )
             continue
         return path
     return None

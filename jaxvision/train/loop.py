@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ import optax
 from jaxvision import tasks
 from jaxvision.data import BatchLoader, DatasetError, Source
 from jaxvision.data.loader import train_steps
-from jaxvision.errors import ConfigError
+from jaxvision.errors import ConfigError, JaxvisionWarning
 from jaxvision.registry import build_model
 from jaxvision.tasks.base import Task, summarize
 from jaxvision.train import checkpoint as ckpt
@@ -236,15 +237,74 @@ class _Run:
         )
 
 
+# Options that change neither the trajectory nor the result of a run: a resumed run may differ
+# from its first start in these without a warning.
+RUN_ONLY_OPTIONS = frozenset(
+    {
+        "resume",
+        "output_dir",
+        "init_from",  # read only at a fresh start
+        "progress",
+        "log_every",
+        "max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval_batch_size",
+        "eval_first",
+        "fsdp",  # the same numbers, laid out otherwise
+    }
+)
+
+
+def _check_output_dir(config: TrainConfig) -> Path | None:
+    """The run folder, after checking that it can be one: no file in its place or above it, and,
+    unless the run resumes, no other run's checkpoints or metrics in it (a second run must not
+    mix its checkpoints with the first's, nor a later ``--resume`` continue the wrong one)."""
+    if not config.output_dir:
+        return None
+    out = Path(config.output_dir).expanduser()
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"--output-dir {out}: {folder} is a file, not a folder")
+            break
+    found, metrics = [], out / "metrics.jsonl"
+    if n := len(ckpt.list_checkpoints(out / "checkpoints")):
+        found.append(f"{n} checkpoint{'s' * (n > 1)}")
+    if metrics.is_file() and metrics.stat().st_size:
+        found.append("metrics.jsonl")
+    if found and not config.resume:
+        raise ConfigError(
+            f"--output-dir {out} already holds a run ({', '.join(found)}): add --resume to "
+            "continue it, or give a new --output-dir"
+        )
+    return out
+
+
+def _changed_options(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``name: saved -> now`` for each option that changes the run and differs from the one the
+    checkpoint was written with."""
+    now = _config_json(config)
+    return [
+        f"{k}: {saved[k]!r} -> {now[k]!r}"
+        for k in sorted(now)
+        if k not in RUN_ONLY_OPTIONS and k in saved and saved[k] != now[k]
+    ]
+
+
+def _config_json(config: TrainConfig) -> dict[str, Any]:
+    """The configuration as a checkpoint header stores it (and reads it back)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def _run_header(config: TrainConfig, task: Task, image_size: int) -> dict[str, Any]:
-    jsonable = lambda v: list(v) if isinstance(v, tuple) else v
     return {
         "model": config.model,
         **task.header(),
         "image_size": image_size,
         "model_args": config.model_args,
         "dtype": config.dtype,
-        "config": {k: jsonable(v) for k, v in dataclasses.asdict(config).items()},
+        "config": _config_json(config),
     }
 
 
@@ -271,6 +331,7 @@ def _setup(
     config: TrainConfig, task: Task | None, train_data: Source | None, eval_data: Source | None
 ) -> _Run:
     config.validate()
+    out = _check_output_dir(config)
     if task is None:
         if train_data is not None or eval_data is not None:
             raise ConfigError("data sources were given without the task they are for")
@@ -309,7 +370,6 @@ def _setup(
     except ValueError as e:  # the model refuses its configuration (size, model arguments)
         raise ConfigError(f"{config.model} cannot be built as configured: {e}") from None
     tx = _partition(tx, task.trainable(variables["params"]))
-    out = Path(config.output_dir) if config.output_dir else None
     resume_from = None
     if config.resume:
         resume_from = ckpt.latest_checkpoint(out / "checkpoints")
@@ -350,6 +410,13 @@ def _setup(
         run.start_epoch, run.start_batch = saved["epoch"], saved["batch"]
         run.resumed_sums = saved.get("train_sums")
         _log(f"resumed from {resume_from} (epoch {run.start_epoch + 1}, batch {run.start_batch})")
+        if changed := _changed_options(saved.get("config", {}), config):
+            warnings.warn(
+                f"resuming {out} with other options than it started with ({'; '.join(changed)}): "
+                "the run is no longer the one an uninterrupted run would have given",
+                JaxvisionWarning,
+                stacklevel=3,
+            )
     if out:
         if distributed.is_main_process():
             out.mkdir(parents=True, exist_ok=True)

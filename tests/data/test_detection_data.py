@@ -344,16 +344,35 @@ def test_yolo_labels_tolerance_missing_files_and_mixed_kinds(tmp_path):
         DetectionSource(ds, image_size=32, masks=True)
 
 
-def test_undecodable_yolo_image_is_named_or_skipped(tmp_path):
-    path = _tiny_layout(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": ""})
+def test_undecodable_yolo_images_are_all_named_when_the_data_set_opens(tmp_path):
+    path = _tiny_layout(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "", "c": "", "d": ""})
     (tmp_path / "images" / "train" / "b.png").write_bytes(b"not a png")
-    ds = YoloDataset(path, "train")
-    with pytest.raises(DatasetError, match=r"cannot decode image .*b\.png"):
-        ds.image(1)
-    with pytest.raises(DatasetError, match=r"b\.png"):
-        ds.annotations(1)
+    whole = tmp_path / "whole.jpg"
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(whole)
+    (tmp_path / "images" / "train" / "c.png").unlink()
+    (tmp_path / "images" / "train" / "c.jpg").write_bytes(whole.read_bytes()[:-2])  # no end marker
+    # Opening reads only the headers, yet names every bad file, not just the first one reached.
+    with pytest.raises(DatasetError, match=r"2 of 4 images cannot be decoded") as e:
+        YoloDataset(path, "train")
+    lines = str(e.value).splitlines()
+    assert "--skip-bad-images" in lines[0]
+    assert [line.split(": ")[0].rsplit("/", 1)[-1] for line in lines[1:]] == ["b.png", "c.jpg"]
+    assert "truncated JPEG" in lines[2]
     kept = YoloDataset(path, "train", skip_bad_images=True)
-    assert (len(kept), kept.skipped) == (1, 1)
+    assert (len(kept), kept.skipped) == (2, 2)
+    assert [p.name for p in kept.paths] == ["a.png", "d.png"]
+    assert kept.annotations(0).boxes.shape == (1, 4) and kept.image(1).size == (20, 10)
+
+
+def test_yolo_image_sizes_follow_exif_orientation(tmp_path):
+    path = _tiny_layout(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n"})
+    image = Image.new("RGB", (20, 10), (9, 9, 9))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored sideways: shown rotated by 90 degrees
+    image.save(tmp_path / "images" / "train" / "a.png", exif=exif)
+    ds = YoloDataset(path, "train")
+    assert ds.image(0).size == (10, 20) == ds.image_size(0)
+    np.testing.assert_allclose(ds.annotations(0).boxes, [[2.5, 5, 7.5, 15]], atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
