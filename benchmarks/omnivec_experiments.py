@@ -30,8 +30,8 @@ import statistics
 import time
 from pathlib import Path
 
+from jaxvision.constants import MODALITIES
 from jaxvision.data.modalities import synthetic, text_baselines
-from jaxvision.models.omnivec import MODALITIES
 from jaxvision.train.loop import TrainConfig
 from jaxvision.train.omnivec import (
     parse_task_epochs,

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 import warnings
 from typing import Any
 
 from jaxvision.errors import JaxvisionWarning, UserError
+from jaxvision.report import print_json_line
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
@@ -41,17 +41,13 @@ class CLIError(UserError):
     """A user error found by the command line itself."""
 
 
-def _print_json(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj), flush=True)
-
-
 def _result_line(
     model: str, metrics: dict[str, Any], epochs: int, seconds: float
 ) -> dict[str, Any]:
     """The last stdout line of ``train`` and ``eval``: the model, the task's held-out metrics
     (classification: ``top1``, ``top5``, ``loss``), completed epochs and seconds."""
     skip = ("model", "epochs", "seconds", "state")
-    shown = {k: round(float(v), 6) for k, v in metrics.items() if k not in skip}
+    shown = {k: float(v) for k, v in metrics.items() if k not in skip}
     return {"model": model, **shown, "epochs": epochs, "seconds": round(seconds, 2)}
 
 
@@ -230,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
     )
     result = fit(config)
-    _print_json(_result_line(result["model"], result, result["epochs"], result["seconds"]))
+    print_json_line(_result_line(result["model"], result, result["epochs"], result["seconds"]))
     return 0
 
 
@@ -272,7 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in getattr(evaluator, "report", lambda: [])():
         print(line, file=sys.stderr)
     # "epochs": completed training epochs of the checkpoint (0 for converted weights).
-    _print_json(
+    print_json_line(
         _result_line(args.name, metrics, int(header.get("epoch", 0)), time.perf_counter() - t0)
     )
     return 0
@@ -356,7 +352,7 @@ def _predict_detections(args: argparse.Namespace, model: Any, task: Any, variabl
         draw_detections(
             original, boxes, out["scores"][0][valid], out["classes"][0][valid], names, masks=masks
         ).save(saved)
-        _print_json({"image": str(path), "detections": detections, "saved": str(saved)})
+        print_json_line({"image": str(path), "detections": detections, "saved": str(saved)})
     return 0
 
 
@@ -436,7 +432,7 @@ def environment_report() -> dict[str, Any]:
 def cmd_env(args: argparse.Namespace) -> int:
     report = environment_report()
     if args.json:
-        _print_json(report)
+        print_json_line(report)
         return 0
     for key, value in report.items():
         print(f"{key:<18} {', '.join(value) if isinstance(value, list) else value}")

@@ -66,9 +66,6 @@ class ModelInfo:
     description: str
     task: str = "classification"
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:

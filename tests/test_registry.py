@@ -15,49 +15,15 @@ import jaxvision
 from jaxvision import registry as _registry
 from jaxvision.analysis import abstract_variables, count_params
 
-# Parameters at each model's default number of classes (1000; 80 for detection), as measured
-# with the reference implementations (timm 1.0.31, torchvision 0.29.1, ultralytics 8.4.190;
-# shared/reference/models.json).
+# Parameters at each model's default number of classes (1000; 80 for detection and segmentation,
+# the DFL's fixed 16-bin projection included, as ultralytics counts it), as measured with the
+# reference implementations (timm 1.0.31, torchvision 0.29.1, ultralytics 8.4.190). One source:
+# the packaged reference_models.json, checked against the project's shared copy below.
+PACKAGED_REFERENCE = Path(jaxvision.__file__).with_name("reference_models.json")
 GOLDEN_PARAMS = {
-    "efficientnet_b0": 5_288_548,
-    "efficientnet_b1": 7_794_184,
-    "efficientnet_b2": 9_109_994,
-    "efficientnet_b3": 12_233_232,
-    "efficientnet_b4": 19_341_616,
-    "efficientnet_b5": 30_389_784,
-    "efficientnet_b6": 43_040_704,
-    "efficientnet_b7": 66_347_960,
-    "tf_efficientnet_b0": 5_288_548,
-    "tf_efficientnet_b1": 7_794_184,
-    "tf_efficientnet_b2": 9_109_994,
-    "tf_efficientnet_b3": 12_233_232,
-    "tf_efficientnet_b4": 19_341_616,
-    "tf_efficientnet_b5": 30_389_784,
-    "tf_efficientnet_b6": 43_040_704,
-    "tf_efficientnet_b7": 66_347_960,
-    "vit_ti16": 5_717_416,
-    "vit_s16": 22_050_664,
-    "vit_b16": 86_567_656,
-    "vit_b32": 88_224_232,
-    "vit_l16": 304_326_632,
-    "vit_h14": 632_045_800,
-    "yolov8n_cls": 2_719_288,
-    "yolov8s_cls": 6_361_736,
-    "yolov8m_cls": 17_053_336,
-    "yolov8l_cls": 37_480_744,
-    "yolov8x_cls": 57_422_840,
-    # Detection and segmentation at 80 classes (the DFL's fixed 16-bin projection included, as
-    # ultralytics counts it).
-    "yolov8n_det": 3_157_200,
-    "yolov8s_det": 11_166_560,
-    "yolov8m_det": 25_902_640,
-    "yolov8l_det": 43_691_520,
-    "yolov8x_det": 68_229_648,
-    "yolov8n_seg": 3_409_968,
-    "yolov8s_seg": 11_821_056,
-    "yolov8m_seg": 27_285_968,
-    "yolov8l_seg": 45_997_728,
-    "yolov8x_seg": 71_827_888,
+    name: entry["params"]
+    for name, entry in json.loads(PACKAGED_REFERENCE.read_text()).items()
+    if not name.startswith("_")
 }
 
 # OmniVec has no reference implementation to count against (jaxvision's is the first public
@@ -85,8 +51,7 @@ def test_packaged_reference_figures_match_the_shared_copy():
     shared = Path(__file__).parents[2] / "shared" / "reference" / "models.json"
     if not shared.is_file():
         pytest.skip("the project's shared/ folder is not beside this checkout")
-    packaged = Path(jaxvision.__file__).with_name("reference_models.json")
-    assert json.loads(packaged.read_text()) == json.loads(shared.read_text())
+    assert json.loads(PACKAGED_REFERENCE.read_text()) == json.loads(shared.read_text())
 
 
 def test_model_info_fields():

@@ -25,7 +25,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
+from jaxvision.constants import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+# The ids of SPECIALS, in that order (jaxvision.constants: the model and the tasks use them too).
+PAD, BOS, EOS, UNK = PAD_ID, BOS_ID, EOS_ID, UNK_ID
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 VOCABULARY_FORMAT = "jaxvision-word-vocabulary-v1"
 

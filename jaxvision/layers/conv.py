@@ -1,14 +1,7 @@
 """Convolution with explicit padding conventions, a matmul path for 1x1 kernels, and ConvBNAct.
 
-Two padding conventions meet in this library:
-
-* ``"symmetric"``: ``(k - 1) // 2`` zeros on every side, as PyTorch layers are built (timm,
-  torchvision, ultralytics ``autopad``). Weights trained in PyTorch need it.
-* ``"same"``: TensorFlow's ``SAME``, which pads ``max((ceil(H / s) - 1) * s + k - H, 0)`` in
-  total and puts the odd pixel at the bottom/right. Flax's ``padding="SAME"`` is exactly this.
-  Weights trained in TensorFlow (timm's ``tf_`` models) need it.
-
-The two agree at stride 1 for odd kernels and differ at stride 2 whenever the padding is odd.
+The padding conventions (``"symmetric"`` for PyTorch-trained weights, ``"same"`` for TensorFlow's,
+``"valid"``) are those of :mod:`jaxvision.layers.padding`.
 
 A 1x1 convolution is a matrix multiply over the channel axis: ``implementation="auto"`` writes it
 as an ``einsum`` (same parameters, same result; the rule and its measurements:
@@ -38,7 +31,6 @@ Shape legend: B batch, H/W height/width, C_in input channels, C output channels,
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -48,13 +40,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxvision.layers.implementation import resolve_implementation
+from jaxvision.layers.padding import explicit_padding
 
 # A normalisation factory: ``norm(name=...)`` builds the layer, called as ``layer(x,
 # use_running_average=...)``; networks bind its constants once (``partial(nn.BatchNorm, epsilon=...,
 # momentum=..., dtype=...)``) and pass it down.
 Norm = Callable[..., nn.Module]
 
-PADDINGS = ("symmetric", "same", "valid")
 IMPLEMENTATIONS = ("auto", "xla", "matmul", "taps")
 # What "auto" does with the input gradient of a strided k x k convolution: "xla" (JAX's
 # transpose, an lhs-dilated convolution) or "taps" (conv_taps_grad). See the module docstring.
@@ -67,18 +59,6 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv_padding(padding: str, kernel_size: int, dilation: int = 1) -> str | list[tuple[int, int]]:
-    """The ``lax.conv_general_dilated`` padding argument for one of :data:`PADDINGS`."""
-    if padding == "symmetric":
-        p = dilation * (kernel_size - 1) // 2
-        return [(p, p), (p, p)]
-    if padding == "same":
-        return "SAME"
-    if padding == "valid":
-        return "VALID"
-    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-
-
 def strided_grad_choice() -> str:
     """The input gradient ``"auto"`` gives a strided convolution: ``$JAXVISION_CONV_STRIDED_GRAD``
     (``taps`` or ``xla``), else :data:`STRIDED_GRAD_DEFAULT`. Read when the model is traced."""
@@ -86,25 +66,6 @@ def strided_grad_choice() -> str:
     if choice not in ("taps", "xla"):
         raise ValueError(f"{STRIDED_GRAD_ENV} must be 'taps' or 'xla', got {choice!r}")
     return choice
-
-
-def explicit_padding(
-    padding: str, size: tuple[int, int], kernel_size: int, stride: int
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(before, after) zeros of both spatial axes of an (H, W) input under one of :data:`PADDINGS`
-    (TensorFlow's SAME puts the odd pixel after)."""
-    if padding == "symmetric":
-        p = (kernel_size - 1) // 2
-        return (p, p), (p, p)
-    if padding == "valid":
-        return (0, 0), (0, 0)
-    if padding == "same":
-        pads = []
-        for n in size:
-            total = max((math.ceil(n / stride) - 1) * stride + kernel_size - n, 0)
-            pads.append((total // 2, total - total // 2))
-        return pads[0], pads[1]
-    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
 
 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
@@ -212,7 +173,7 @@ class Conv2d(nn.Module):
                 x,
                 kernel,
                 window_strides=(s, s),
-                padding=conv_padding(self.padding, k),
+                padding=explicit_padding(self.padding, x.shape[1:3], k, s),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         if self.use_bias:

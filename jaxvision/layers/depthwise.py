@@ -32,37 +32,24 @@ shifted multiply-adds, so the gradient is as cheap as the forward pass:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvision.layers.conv import conv_padding
+from jaxvision.layers import padding as _padding
 from jaxvision.layers.implementation import resolve_implementation
+from jaxvision.layers.padding import explicit_padding, padding_amounts
 
-PADDINGS = ("symmetric", "same")
 IMPLEMENTATIONS = ("auto", "xla", "shifted")
+# The conventions of the two weight sources (PyTorch's symmetric, TensorFlow's SAME): the ones the
+# hand-written gradient is tested for; "valid" is refused.
+PADDINGS = tuple(p for p in _padding.PADDINGS if p != "valid")
 
 # He-normal over a depthwise filter's own fan (k*k inputs per output), as timm's "goog" init
 # (fan_out = k*k*C / groups); Flax's fan_out for a (k, k, 1, C) kernel would wrongly count all C.
 depthwise_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def padding_amounts(padding: str, size: int, kernel_size: int, stride: int) -> tuple[int, int]:
-    """Zeros added (before, after) one spatial axis of length ``size``.
-
-    "symmetric": ``(k - 1) // 2`` on both sides (PyTorch). "same": TensorFlow's SAME, a total of
-    ``max((ceil(size / s) - 1) * s + k - size, 0)`` with the odd pixel after.
-    """
-    if padding == "symmetric":
-        p = (kernel_size - 1) // 2
-        return p, p
-    if padding == "same":
-        total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
-        return total // 2, total - total // 2
-    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
 
 
 def depthwise_conv_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
@@ -72,7 +59,7 @@ def depthwise_conv_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: st
         x,
         kernel,
         window_strides=(stride, stride),
-        padding=conv_padding(padding, k),
+        padding=explicit_padding(padding, x.shape[1:3], k, stride),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=x.shape[-1],
     )

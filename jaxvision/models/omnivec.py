@@ -81,6 +81,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision.constants import BOS_ID, CLASSIFIED_MODALITIES, MODALITIES, PAD_ID
 from jaxvision.layers.attention import MultiHeadSelfAttention, attention_kernel_init
 from jaxvision.layers.inputs import check_images
 from jaxvision.layers.mlp import Mlp
@@ -96,10 +97,7 @@ from jaxvision.ops.audio import log_mel_spectrogram
 from jaxvision.ops.points import group_points
 from jaxvision.registry import INCEPTION_MEAN, INCEPTION_STD, Preprocessing, register_model
 
-MODALITIES = ("image", "video", "audio", "points", "text")
-CLASSIFIED = ("image", "video", "audio", "points")  # the modalities with a classification head
 OBJECTIVES = ("tasks", "pretrain")
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3  # jaxvision.data.text.Vocabulary's specials
 
 
 class Tokens(NamedTuple):
@@ -953,7 +951,7 @@ for _name, _variant in VARIANTS.items():
 
 
 __all__ = [
-    "CLASSIFIED",
+    "CLASSIFIED_MODALITIES",
     "MODALITIES",
     "AudioEncoder",
     "ImageEncoder",

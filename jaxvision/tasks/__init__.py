@@ -1,4 +1,5 @@
-"""Tasks: what a kind of work (classification, later detection, multimodal) asks of the engine.
+"""Tasks: what a kind of work (classification, detection and segmentation, OmniVec's multimodal
+tasks) asks of the engine.
 
 ``TASKS`` maps the task name a model is registered with (``model_info(name).task``) to what
 provides its three constructors (the task's module, or an object with these attributes):

@@ -18,7 +18,8 @@ multimodal model lives in a :class:`Task`:
   metrics are sums.
 * :meth:`Task.trainable` - which parameters a run may change (default: all); the rest is frozen.
 * :attr:`Task.rng_streams` - the names of the random streams the model draws from in training
-  (``dropout``, ``drop_path``, later a masking stream); the step splits one key into them.
+  (``dropout``, ``drop_path``; OmniVec's pre-training adds ``masking``); the step splits one key
+  into them.
 
 A task is a frozen dataclass: hashable and immutable, a constant of the jitted step. Data reach the
 engine as a :class:`jaxvision.data.Source` of examples (dicts of numpy arrays) per split;

@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxvision.constants import CLASSIFIED_MODALITIES, MODALITIES, PAD_ID, UNK_ID
 from jaxvision.errors import ConfigError
-from jaxvision.models.omnivec import CLASSIFIED, MODALITIES, OBJECTIVES, PAD_ID, UNK_ID
+from jaxvision.models.omnivec import OBJECTIVES
 from jaxvision.ops.points import chamfer_distance
 from jaxvision.tasks.base import Batch, Metrics, Task, masked_mean, masked_sum
 from jaxvision.tasks.classification import cross_entropy, topk_correct
@@ -51,7 +52,7 @@ OPTIONS = (
     "backbone_lr_scale",
     *(f"{m}_data" for m in MODALITIES),
 )
-CLASS_FIELDS = {"image": "num_classes", **{m: f"{m}_classes" for m in CLASSIFIED[1:]}}
+CLASS_FIELDS = {"image": "num_classes", **{m: f"{m}_classes" for m in CLASSIFIED_MODALITIES[1:]}}
 
 
 def input_specs(model: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -132,7 +133,7 @@ class OmniVecTask(Task):
         labels and the padding mask."""
         batch = {name: np.zeros((batch_size, *shape), dtype) for name, shape, dtype in self.specs}
         batch["summary"][:, 0] = 2  # a summary of one token (<eos>): the loss is defined
-        for m in CLASSIFIED:
+        for m in CLASSIFIED_MODALITIES:
             batch[f"{m}_label"] = np.zeros((batch_size,), np.int32)
         batch["mask"] = np.ones((batch_size,), np.float32)
         return batch
@@ -142,7 +143,7 @@ class OmniVecTask(Task):
 
     def model_args(self) -> dict[str, Any]:
         names = dict(self.class_names)
-        classes = {CLASS_FIELDS[m]: len(names[m]) for m in CLASSIFIED if names.get(m)}
+        classes = {CLASS_FIELDS[m]: len(names[m]) for m in CLASSIFIED_MODALITIES if names.get(m)}
         return {"objective": self.objective, **classes}
 
     # ------------------------------------------------------------------------ loss, metrics

@@ -292,6 +292,22 @@ def _changed_options(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     ]
 
 
+def _resume(run: _Run, path: Path) -> None:
+    """Continue ``run`` from the checkpoint at ``path``: its state and place in the epoch; a
+    warning names the options that differ from the ones the run started with."""
+    run.state, saved = ckpt.restore_state(path, run.state, model=run.config.model)
+    run.start_epoch, run.start_batch = saved["epoch"], saved["batch"]
+    run.resumed_sums = saved.get("train_sums")
+    _log(f"resumed from {path} (epoch {run.start_epoch + 1}, batch {run.start_batch})")
+    if changed := _changed_options(saved.get("config", {}), run.config):
+        warnings.warn(
+            f"resuming {run.out} with other options than it started with ({'; '.join(changed)}): "
+            "the run is no longer the one an uninterrupted run would have given",
+            JaxvisionWarning,
+            stacklevel=4,
+        )
+
+
 def _config_json(config: TrainConfig) -> dict[str, Any]:
     """The configuration as a checkpoint header stores it (and reads it back)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -406,17 +422,7 @@ def _setup(
         out=out,
     )
     if resume_from is not None:
-        run.state, saved = ckpt.restore_state(resume_from, run.state, model=config.model)
-        run.start_epoch, run.start_batch = saved["epoch"], saved["batch"]
-        run.resumed_sums = saved.get("train_sums")
-        _log(f"resumed from {resume_from} (epoch {run.start_epoch + 1}, batch {run.start_batch})")
-        if changed := _changed_options(saved.get("config", {}), config):
-            warnings.warn(
-                f"resuming {out} with other options than it started with ({'; '.join(changed)}): "
-                "the run is no longer the one an uninterrupted run would have given",
-                JaxvisionWarning,
-                stacklevel=3,
-            )
+        _resume(run, resume_from)
     if out:
         if distributed.is_main_process():
             out.mkdir(parents=True, exist_ok=True)

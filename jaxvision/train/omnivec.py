@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,9 @@ from typing import Any
 
 import optax
 
+from jaxvision.constants import MODALITIES
 from jaxvision.errors import ConfigError
-from jaxvision.models.omnivec import MODALITIES
+from jaxvision.report import print_json_line
 from jaxvision.tasks.omnivec import parse_modalities
 from jaxvision.train.loop import TrainConfig, evaluate, fit
 
@@ -325,7 +325,7 @@ def main(args: argparse.Namespace) -> int:
         _report("eval", out)
     out = {"command": f"omnivec {args.omnivec_command}", **out}
     out["seconds"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(out, default=float))
+    print_json_line(out)
     return 0
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from jaxvision import xla_ops
 from jaxvision.layers import conv as conv_module
-from jaxvision.layers.conv import Conv2d, conv_taps_grad, explicit_padding
+from jaxvision.layers.conv import Conv2d, conv_taps_grad
+from jaxvision.layers.padding import explicit_padding
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 

@@ -11,13 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxvision.layers.depthwise import (
-    IMPLEMENTATIONS,
-    DepthwiseConv2d,
-    depthwise_conv,
-    padding_amounts,
-)
+from jaxvision.layers.depthwise import IMPLEMENTATIONS, DepthwiseConv2d, depthwise_conv
 from jaxvision.layers.implementation import resolve_implementation
+from jaxvision.layers.padding import padding_amounts
 
 FAST = settings(max_examples=15, deadline=None)
 

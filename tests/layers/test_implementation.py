@@ -65,8 +65,14 @@ def test_every_layer_in_the_table_has_both_backends():
     assert all(len(choices) == 2 for choices in AUTO.values())
 
 
-def test_the_real_backend_is_jax_default_backend():
-    assert implementation.backend() == jax.default_backend()
+def test_the_rule_follows_the_platform_jax_reports(monkeypatch):
+    # Through jax.default_backend itself (the fixture above fakes our own backend()): the rule
+    # must ask JAX each time, not decide once at import or hard-code a platform.
+    cases = (("cpu", "shifted"), ("gpu", "xla"), ("tpu", "xla"), ("cpu", "shifted"))
+    for platform, expected in cases:
+        monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
+        assert implementation.backend() == platform
+        assert resolve_implementation("depthwise", "auto", ("auto", "shifted", "xla")) == expected
 
 
 def _attention_inputs():

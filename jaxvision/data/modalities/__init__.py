@@ -16,10 +16,9 @@ token ids of a word-level :class:`~jaxvision.data.text.Vocabulary`, padded with 
 ending in ``<eos>``.
 """
 
+from jaxvision.constants import CLASSIFIED_MODALITIES, MODALITIES
 from jaxvision.data.modalities.base import (
-    CLASSIFICATION_MODALITIES,
     DEFAULT_SIZES,
-    MODALITIES,
     SPLITS,
     ModalityData,
 )
@@ -38,7 +37,7 @@ from jaxvision.data.modalities.synthetic import (
 
 __all__ = [
     "AUDIO_CLASSES",
-    "CLASSIFICATION_MODALITIES",
+    "CLASSIFIED_MODALITIES",
     "DEFAULT_SIZES",
     "MODALITIES",
     "POINT_CLASSES",

@@ -8,11 +8,10 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from jaxvision.data.datasets import DatasetError
+from jaxvision.constants import MODALITIES
 from jaxvision.data.text import Vocabulary
+from jaxvision.errors import DatasetError
 
-MODALITIES = ("image", "video", "audio", "points", "text")
-CLASSIFICATION_MODALITIES = ("image", "video", "audio", "points")
 SPLITS = ("train", "val", "test")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # part of every generator seed: splits differ
 
